@@ -1,0 +1,284 @@
+"""Load a model and its example inputs from a dotted path, a Hugging Face folder or hub id."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2n.errors import LoadError, OptionError
+
+__all__ = ["Loaded", "InputSpec", "load_model", "parse_input_shape", "read_example_inputs",
+           "resolve_module_path", "TASKS", "SAMPLE_SENTENCE"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SENTENCE = "t2n exports PyTorch models to NNEF so that tract can run them anywhere."
+
+# --task name -> transformers Auto class name
+TASKS = {
+    "feature-extraction": "AutoModel",
+    "text-generation": "AutoModelForCausalLM",
+    "fill-mask": "AutoModelForMaskedLM",
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "text2text-generation": "AutoModelForSeq2SeqLM",
+    "image-classification": "AutoModelForImageClassification",
+    "audio-classification": "AutoModelForAudioClassification",
+}
+
+_DTYPES = {"f32": torch.float32, "float32": torch.float32, "f16": torch.float16,
+           "float16": torch.float16, "f64": torch.float64, "i64": torch.int64,
+           "int64": torch.int64, "i32": torch.int32, "int32": torch.int32, "i8": torch.int8,
+           "u8": torch.uint8, "bool": torch.bool}
+
+
+@dataclass
+class Loaded:
+    """A model ready to trace: module, example inputs, and where it came from."""
+
+    module: torch.nn.Module
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    source: str = ""
+    tokenizer: object = None
+    folder: Path | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        names = list(_forward_params(self.module))[: len(self.args)]
+        return names + list(self.kwargs)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One ``--input-shape NAME=1,3,224,224[:dtype]``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+
+def parse_input_shape(text: str) -> InputSpec:
+    m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*=\s*([0-9][0-9,\s]*)(?::\s*(\w+))?\s*", text)
+    if not m:
+        raise OptionError(f"bad --input-shape {text!r}",
+                          "write NAME=DIM,DIM,...[:dtype], e.g. x=1,3,224,224:f32")
+    dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
+    dtype = (m.group(3) or "f32").lower()
+    if dtype not in _DTYPES:
+        raise OptionError(f"bad dtype {dtype!r} in --input-shape {text!r}",
+                          f"use one of: {', '.join(sorted(set(_DTYPES)))}")
+    return InputSpec(m.group(1), tuple(int(d) for d in dims), _DTYPES[dtype])
+
+
+def read_example_inputs(path) -> dict[str, torch.Tensor]:
+    """Named tensors from an .npz (never unpickled) or a .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError(f"example inputs file {path} does not exist", "check the path")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        elif path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+            arrays = load_file(str(path))
+        else:
+            raise LoadError(f"example inputs file {path} is neither .npz nor .safetensors",
+                            "save the inputs with numpy.savez or safetensors")
+    except LoadError:
+        raise
+    except Exception as e:
+        raise LoadError(f"cannot read example inputs {path}: {e}",
+                        "save them with numpy.savez (no object arrays) or safetensors") from e
+    if not arrays:
+        raise LoadError(f"example inputs file {path} holds no arrays", "save at least one input")
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+
+def _forward_params(module) -> dict:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: p for k, p in params.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _random_input(spec: InputSpec, vocab: int | None) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if spec.dtype.is_floating_point:
+        return torch.randn(spec.shape, generator=gen).to(spec.dtype)
+    if spec.dtype == torch.bool:
+        return torch.ones(spec.shape, dtype=torch.bool)
+    if "mask" in spec.name:
+        return torch.ones(spec.shape, dtype=spec.dtype)
+    if "type_ids" in spec.name:
+        return torch.zeros(spec.shape, dtype=spec.dtype)
+    high = vocab if (vocab and "ids" in spec.name) else 10
+    return torch.randint(0, high, spec.shape, generator=gen, dtype=spec.dtype)
+
+
+def resolve_module_path(spec: str):
+    """Import ``pkg.mod:attr`` (or ``pkg.mod.attr``) with the current directory importable."""
+    if ":" in spec:
+        mod_name, _, attr = spec.partition(":")
+    else:
+        mod_name, _, attr = spec.rpartition(".")
+    if not mod_name or not attr:
+        raise LoadError(f"{spec!r} is not a dotted path", "write it as package.module:attribute")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise LoadError(f"cannot import module {mod_name!r} ({e})",
+                        "run from the folder holding it or install it") from e
+    except Exception as e:
+        raise LoadError(f"importing {mod_name!r} failed: {type(e).__name__}: {e}",
+                        "fix the module so that it imports") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(module) if not n.startswith("_")]
+            raise LoadError(f"module {mod_name!r} has no attribute {attr!r}",
+                            f"it has: {', '.join(names[:12])}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _module_from_path(spec: str) -> torch.nn.Module:
+    obj = resolve_module_path(spec)
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if callable(obj):
+        try:
+            obj = obj()
+        except TypeError as e:
+            raise LoadError(f"{spec} could not be called without arguments: {e}",
+                            "point to a class or factory that takes no arguments") from e
+    if not isinstance(obj, torch.nn.Module):
+        raise LoadError(f"{spec} gave a {type(obj).__name__}, not a torch.nn.Module",
+                        "point to an nn.Module, its class, or a factory returning one")
+    return obj
+
+
+def _hub_folder(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HOME
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:
+        raise LoadError(f"model {repo_id!r} is not in the local Hugging Face cache "
+                        f"(HF_HOME={os.environ.get('HF_HOME', HF_HOME)})",
+                        f"download it first (huggingface-cli download {repo_id}) or give "
+                        "a local folder") from e
+
+
+def _hf_model(folder: Path, task: str | None):
+    import transformers
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as e:
+        raise LoadError(f"{folder} has no readable Hugging Face config.json: {e}",
+                        "point to a model folder with config.json") from e
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    if task:
+        if task not in TASKS:
+            raise OptionError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
+        cls = getattr(transformers, TASKS[task])
+    else:
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        cls = cls or transformers.AutoModel
+    try:
+        model = cls.from_pretrained(folder, config=config, dtype=torch.float32)
+    except Exception as e:
+        raise LoadError(f"transformers could not load {folder} as {cls.__name__}: {e}",
+                        "pass --task to choose another model class") from e
+    tokenizer = None
+    if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        except Exception as e:  # a model without a usable tokenizer still exports
+            log.debug("no tokenizer for %s: %s", folder, e)
+    return model, tokenizer, config
+
+
+def _gguf_model(path: Path):
+    """A causal LM from a GGUF file, dequantized to float by transformers."""
+    import transformers
+    name, folder = path.name, path.parent
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                                  dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except ImportError as e:
+        raise LoadError(f"reading {path} needs the gguf package: {e}",
+                        "pip install gguf accelerate") from e
+    except Exception as e:
+        raise LoadError(f"transformers could not load {path}: {e}",
+                        "check that it is a GGUF file of an architecture transformers reads"
+                        ) from e
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    return model, tokenizer, model.config
+
+
+def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_inputs=None,
+               ) -> Loaded:
+    """Load ``spec``: ``module.path:attr``, a Hugging Face folder, or a cached hub id."""
+    specs = [parse_input_shape(s) if isinstance(s, str) else s for s in input_shapes]
+    path = Path(spec)
+    tokenizer = folder = config = None
+    if path.is_file() and path.suffix == ".gguf":
+        module, tokenizer, config = _gguf_model(path)
+    elif path.is_dir():
+        folder = path
+    elif ":" in spec and not path.exists():
+        module = _module_from_path(spec)
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not path.exists():
+        folder = _hub_folder(spec)
+    elif path.exists():
+        raise LoadError(f"{spec} is a file, not a model",
+                        "give a Hugging Face model folder, a .gguf file or a module.path:attr")
+    else:
+        raise LoadError(f"model {spec!r} not found",
+                        "give module.path:attr, a Hugging Face model folder, or a cached hub id")
+    if folder is not None:
+        if not (folder / "config.json").exists():
+            raise LoadError(f"{folder} has no config.json",
+                            "point to a Hugging Face model folder")
+        module, tokenizer, config = _hf_model(folder, task)
+    module.eval()
+
+    vocab = getattr(config, "vocab_size", None) if config is not None else None
+    named: dict[str, torch.Tensor] = {}
+    if example_inputs is not None:
+        named.update(read_example_inputs(example_inputs))
+    for s in specs:
+        named[s.name] = _random_input(s, vocab)
+    if not named and tokenizer is not None:
+        enc = tokenizer([SAMPLE_SENTENCE], return_tensors="pt")
+        params = _forward_params(module)
+        named = {k: v for k, v in enc.items() if k in params}
+    if not named:
+        raise LoadError(f"model {spec} needs example inputs",
+                        "pass --input-shape NAME=1,3,224,224 or --example-inputs FILE")
+    params = _forward_params(module)
+    if all(k in params for k in named):
+        args, kwargs = (), named
+    else:
+        args, kwargs = tuple(named.values()), {}
+    return Loaded(module, args, kwargs, source=spec, tokenizer=tokenizer, folder=folder)

@@ -1,0 +1,62 @@
+"""Export options as a frozen dataclass that rejects bad values with the fix in the message."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from t2n.errors import OptionError
+from t2n.verify import TOLERANCES
+
+__all__ = ["ExportOptions", "parse_dynamic_axis", "DTYPES"]
+
+DTYPES = ("f32", "f16")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    dtype: str | None = None                 # None keeps the model's own float type
+    f32_attention: bool = False              # with f16: attention computed in f32
+    f32_norm: bool = False                   # with f16: norms computed in f32
+    dynamic_axes: dict = field(default_factory=dict)   # {input: {axis: symbol}}
+    input_names: tuple | None = None
+    output_names: tuple | None = None
+    check_io: str | None = "approximate"     # None: no verification
+    tract_binary: str | None = None
+    dump_io: bool = False
+    overwrite: bool = False
+    compression: str | None = None
+    compression_registry: str | None = None
+    tgz_level: int = 0                       # gzip level of a .tgz bundle (0: stored)
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise OptionError(f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}")
+        if (self.f32_attention or self.f32_norm) and self.dtype != "f16":
+            raise OptionError("--f32-attn/--f32-norm only apply to an f16 export",
+                              "add --dtype f16 or drop them")
+        if self.check_io is not None and self.check_io not in TOLERANCES:
+            raise OptionError(f"unknown tolerance {self.check_io!r}",
+                              f"use one of: {', '.join(TOLERANCES)}")
+        if not isinstance(self.dynamic_axes, dict):
+            raise OptionError("dynamic_axes must be a dict like {'input_ids': {1: 'S'}}",
+                              "fix the dynamic_axes argument")
+        for name, axes in self.dynamic_axes.items():
+            if not isinstance(axes, dict) or not all(
+                    isinstance(a, int) and isinstance(s, str) and re.fullmatch(r"[A-Za-z_]\w*", s)
+                    for a, s in axes.items()):
+                raise OptionError(f"bad dynamic axes for {name!r}: {axes!r}",
+                                  "give {axis (int): symbol name (identifier)}, e.g. {1: 'S'}")
+        if not (isinstance(self.tgz_level, int) and 0 <= self.tgz_level <= 9):
+            raise OptionError(f"bad tgz level {self.tgz_level!r}", "use 0 (no compression) to 9")
+        if self.compression_registry and not self.compression:
+            raise OptionError("--compression-registry given without --compression",
+                              "add -c NAME (see 't2n compressions')")
+
+
+def parse_dynamic_axis(text: str) -> tuple[str, int, str]:
+    """``input_ids:1=S`` -> ("input_ids", 1, "S")."""
+    m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*:\s*(-?\d+)\s*=\s*([A-Za-z_]\w*)\s*", text)
+    if not m:
+        raise OptionError(f"bad --dynamic-axes {text!r}",
+                          "write INPUT:AXIS=SYMBOL, e.g. input_ids:1=S")
+    return m.group(1), int(m.group(2)), m.group(3)

@@ -1,0 +1,267 @@
+"""export(): load -> compress -> trace -> translate -> write -> verify, one status line a stage."""
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+from t2n import __version__, compress, trace as trace_mod, verify
+from t2n.errors import OptionError, VerificationError, WriteError
+from t2n.nnef import bundle as bundle_mod
+from t2n.options import ExportOptions
+from t2n.translate import Options as TranslateOptions, translate
+
+__all__ = ["ExportResult", "export", "export_loaded", "IO_FILE"]
+
+log = logging.getLogger("t2n")
+
+IO_FILE = "io.npz"          # example inputs and torch outputs, keyed by NNEF names
+META_FILE = "t2n.json"      # what `t2n check` needs to rerun them
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    bundle: bundle_mod.Bundle
+    verification: verify.Verification | None
+    timings: dict[str, float] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    # compressed exports: the compressed torch model against the float one, per output
+    # (max_abs, cosine, ...): reported, never gated. The tract check (verification) compares
+    # tract with the compressed torch model.
+    quantization: list | None = None
+
+    @property
+    def diffs(self):
+        return self.verification.outputs if self.verification else []
+
+
+class _Stages:
+    def __init__(self, on_stage):
+        self.timings: dict[str, float] = {}
+        self.on_stage = on_stage
+
+    @contextmanager
+    def __call__(self, name: str, detail=lambda: ""):
+        t0 = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t0
+        self.timings[name] = dt
+        text = detail() if callable(detail) else detail
+        log.info("%-10s %6.2fs%s", name, dt, f"  {text}" if text else "")
+        if self.on_stage:
+            self.on_stage(name, dt, text)
+
+
+def _flatten_outputs(out) -> tuple[list[torch.Tensor], list[str]]:
+    leaves, _ = pytree.tree_flatten_with_path(out)
+    tensors, names = [], []
+    for path, leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        key = "_".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p))))
+                       for p in path)
+        tensors.append(leaf)
+        names.append(key or "output")
+    if len(names) == 1 and names[0] in ("0", "output"):
+        names = ["output"]
+    names = [n if not n[:1].isdigit() else f"output_{n}" for n in names]
+    return tensors, names
+
+
+def _to_dtype(module: torch.nn.Module, args, kwargs, dtype: str | None):
+    if dtype is None:
+        return module, args, kwargs
+    tdtype = {"f32": torch.float32, "f16": torch.float16}[dtype]
+    module = module.to(tdtype)
+
+    def conv(t):
+        return t.to(tdtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    return module, tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
+
+
+def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *,
+                  kwargs=None, tokenizer=None, on_stage=None, progress=False,
+                  release=None) -> ExportResult:
+    """Export an already loaded module with example inputs ``args``/``kwargs`` to ``path``.
+
+    ``release``, if given, is called once the bundle is written and torch is no longer needed:
+    a caller that owns the only reference to the model drops it there, so that tract's copy of
+    the weights (verification) never sits in memory beside torch's.
+    """
+    path = Path(path)
+    stages = _Stages(on_stage)
+    if isinstance(args, torch.Tensor):
+        args = (args,)
+    args, kwargs = tuple(args or ()), dict(kwargs or {})
+    if not all(isinstance(a, torch.Tensor) for a in list(args) + list(kwargs.values())):
+        raise OptionError("example inputs must be tensors", "pass a tensor or a tuple of tensors")
+    # refuse an existing destination before doing any work
+    if path.exists() and not options.overwrite:
+        raise WriteError(f"destination {path} already exists",
+                                    "pass --overwrite (API: overwrite=True) or choose another path")
+    module.eval()
+    module, args, kwargs = _to_dtype(module, args, kwargs, options.dtype)
+
+    forward_names = _input_names(module, args, kwargs)
+    names = list(options.input_names) if options.input_names else forward_names
+    if len(names) != len(forward_names):
+        raise OptionError(f"{len(names)} input names for {len(forward_names)} inputs",
+                          f"give one name per input ({', '.join(forward_names)})")
+    unknown = [k for k in options.dynamic_axes if k not in names]
+    if unknown:
+        raise OptionError(f"dynamic axes name unknown input(s) {', '.join(unknown)}",
+                          f"inputs are: {', '.join(names)}")
+
+    float_outputs = None
+    if options.compression:
+        compress.load_registry(options.compression_registry)  # fail fast on a bad registry
+        with torch.no_grad():
+            float_outputs = [t.detach().numpy() for t in
+                             _flatten_outputs(module(*args, **kwargs))[0]]
+        with stages("compress", lambda: options.compression):
+            module = compress.apply(module, options.compression,
+                                    registry_path=options.compression_registry,
+                                    tokenizer=tokenizer, export_dirpath=path,
+                                    local_dir=None)
+
+    with stages("reference", "torch forward on the example inputs"):
+        with torch.no_grad():
+            ref_tensors, ref_names = _flatten_outputs(module(*args, **kwargs))
+    out_names = list(options.output_names) if options.output_names else ref_names
+    quantization = None
+    if float_outputs is not None:
+        # quantization error: the compressed torch model against the float one (shown only)
+        quantization = verify.compare([t.detach().numpy() for t in ref_tensors], float_outputs,
+                                      out_names, "approximate").outputs
+        log.info("%-10s %s", "quantized", "; ".join(
+            f"{d.name}: max_abs={d.max_abs:.3g} cos={d.cosine:.6f} vs float"
+            for d in quantization))
+
+    with stages("trace", "torch.export"):
+        program = trace_mod.capture(module, args, kwargs, dynamic_axes=options.dynamic_axes,
+                                    input_names=names)
+
+    with stages("translate", lambda: f"{len(graph.operations)} NNEF ops, "
+                f"{len(graph.variables)} tensors"):
+        graph = translate(program, input_names=names, output_names=out_names,
+                          dynamic_axes=options.dynamic_axes,
+                          options=TranslateOptions(options.f32_attention, options.f32_norm))
+        graph.properties.update(_properties(options))
+    del program
+
+    inputs = [t.detach().numpy() for t in list(args) + list(kwargs.values())]
+    expected = [t.detach().numpy() for t in ref_tensors]
+    input_ids = [i.name for i in graph.inputs]
+    extra = {}
+    if options.dump_io:
+        extra = _io_files(graph, inputs, expected, options)
+
+    folder = bundle_mod.staging(path, options.overwrite)
+    try:
+        with stages("write", lambda: f"{bundle.nbytes / 1e6:.1f} MB in {len(bundle.files)} files"):
+            bundle = _write(graph, folder, extra, progress)
+        output_names = list(graph.outputs)
+        del graph, module, args, kwargs, ref_tensors
+        if release is not None:
+            release()
+        gc.collect()
+        result_v = None
+        if options.check_io:
+            with stages("verify", lambda: f"{'ok' if result_v.passed else 'MISMATCH'} "
+                        f"({options.check_io}) tract {result_v.tract_ms:.1f} ms; "
+                        f"{result_v.summary()}"):
+                # tract reads the staged folder; a .tar/.tgz is packed from the same files
+                result_v = verify.check(folder, inputs, expected, output_names,
+                                        options.check_io, binary=options.tract_binary)
+            if not result_v.passed:
+                bad = [o for o in result_v.outputs if not o.passed]
+                raise VerificationError(
+                    f"tract disagrees with torch on {', '.join(o.name for o in bad)}: "
+                    f"{bad[0].problem} (max abs diff {bad[0].max_abs:.3g})",
+                    f"nothing was written to {path}; try a looser --check-io level or "
+                    "report the model", verification=result_v)
+        with stages("publish", lambda: f"{path} ({bundle_mod.bundle_format(path)})"):
+            bundle.path = bundle_mod.publish(folder, path, options.tgz_level)
+    except BaseException:
+        bundle_mod.discard(folder)
+        raise
+    return ExportResult(bundle.path, bundle, result_v, stages.timings, input_ids, output_names,
+                        quantization)
+
+
+def _write(graph, folder, extra, progress):
+    if not progress:
+        return bundle_mod.write_files(graph, folder, extra)
+    from tqdm import tqdm
+    # shown only when writing lasts more than 2 s
+    with tqdm(total=len(graph.variables), unit="tensor", desc="write", leave=False,
+              delay=2) as bar:
+        return bundle_mod.write_files(graph, folder, extra, progress=lambda n: bar.update(1))
+
+
+def _input_names(module, args, kwargs) -> list[str]:
+    import inspect
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[: len(args)]]
+    names += [f"input_{i}" for i in range(len(names), len(args))]
+    return names + list(kwargs)
+
+
+def _properties(options: ExportOptions) -> dict:
+    import tract
+    props = {"t2n_version": __version__, "torch_version": torch.__version__.split("+")[0],
+             "tract_version": tract.version()}
+    if options.dtype:
+        props["t2n_dtype"] = options.dtype
+    if options.compression:
+        props["t2n_compression"] = options.compression
+    return props
+
+
+def _io_files(graph, inputs, expected, options) -> dict[str, bytes]:
+    buf = io.BytesIO()
+    arrays = {i.name: a for i, a in zip(graph.inputs, inputs)}
+    arrays.update({n: a for n, a in zip(graph.outputs, expected)})
+    np.savez(buf, **arrays)
+    meta = {"inputs": [i.name for i in graph.inputs], "outputs": list(graph.outputs),
+            "tolerance": options.check_io or "approximate", "t2n_version": __version__}
+    return {IO_FILE: buf.getvalue(), META_FILE: json.dumps(meta, indent=1).encode()}
+
+
+def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
+           output_names=None, dynamic_axes=None, dtype=None, compression=None,
+           compression_registry=None, check_io="approximate", overwrite: bool = False,
+           dump_io: bool = False, tract_binary: str | None = None, f32_attention: bool = False,
+           f32_norm: bool = False, tgz_level: int = 0) -> ExportResult:
+    """Export ``model`` called on ``args`` (a tensor or a tuple) to an NNEF bundle at ``path``.
+
+    ``check_io`` names the tolerance (exact, close, approximate, very, super, ultra) or is
+    None/False to skip running the bundle in tract. Raises subclasses of T2NError.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise OptionError(f"model is a {type(model).__name__}, not a torch.nn.Module",
+                          "pass an nn.Module")
+    options = ExportOptions(
+        dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
+        dynamic_axes=dict(dynamic_axes or {}),
+        input_names=tuple(input_names) if input_names else None,
+        output_names=tuple(output_names) if output_names else None,
+        check_io=check_io or None, tract_binary=tract_binary, dump_io=dump_io,
+        overwrite=overwrite, compression=compression, compression_registry=compression_registry,
+        tgz_level=tgz_level)
+    return export_loaded(model, args, path, options, kwargs=kwargs)

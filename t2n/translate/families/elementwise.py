@@ -1,0 +1,278 @@
+"""Arithmetic, comparison, logic and unary math ops."""
+from __future__ import annotations
+
+from t2n.errors import TranslationError
+from t2n.translate.context import Value
+from t2n.translate.families._common import operand, promote, same_dtype
+from t2n.translate.registry import translates
+
+aten = __import__("torch").ops.aten
+
+
+# NNEF `and` is avoided: tract 0.23.9 folds and(x, y) to a wrong [1, ..., 1] shape when it can
+# prove an operand uniformly true (e.g. range(0, S) >= 0). Bitwise and on bools is the same.
+BOOL_AND = "tract_core_bitand"
+
+
+def _binary(ctx, op: str, a, b):
+    x, y = same_dtype(ctx, a, b, dtype=ctx.out.dtype)
+    return ctx.op(op, x, y)
+
+
+def _scaled(ctx, b, alpha, dtype):
+    y = operand(ctx, b, dtype)
+    if alpha == 1:
+        return y
+    return ctx.op("mul", y, operand(ctx, alpha, dtype), **ctx.like(y, dtype=dtype))
+
+
+@translates(aten.add.Tensor, aten.add.Scalar)
+def add(ctx, self, other, alpha=1):
+    """add.Tensor(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor"""
+    dtype = ctx.out.dtype
+    if dtype == "bool":
+        return ctx.op("or", *same_dtype(ctx, self, other, dtype="bool"))
+    return ctx.op("add", *same_dtype(ctx, self, _scaled(ctx, other, alpha, dtype), dtype=dtype))
+
+
+@translates(aten.sub.Tensor, aten.sub.Scalar)
+def sub(ctx, self, other, alpha=1):
+    """sub.Tensor(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor"""
+    dtype = ctx.out.dtype
+    return ctx.op("sub", *same_dtype(ctx, self, _scaled(ctx, other, alpha, dtype), dtype=dtype))
+
+
+@translates(aten.rsub.Scalar, aten.rsub.Tensor)
+def rsub(ctx, self, other, alpha=1):
+    """rsub.Scalar(Tensor self, Scalar other, Scalar alpha=1) -> Tensor"""
+    dtype = ctx.out.dtype
+    return ctx.op("sub", *same_dtype(ctx, other, _scaled(ctx, self, alpha, dtype), dtype=dtype))
+
+
+@translates(aten.mul.Tensor, aten.mul.Scalar)
+def mul(ctx, self, other):
+    """mul.Tensor(Tensor self, Tensor other) -> Tensor"""
+    if ctx.out.dtype == "bool":
+        return _binary(ctx, BOOL_AND, self, other)
+    return _binary(ctx, "mul", self, other)
+
+
+@translates(aten.div.Tensor, aten.div.Scalar)
+def div(ctx, self, other):
+    """div.Tensor(Tensor self, Tensor other) -> Tensor"""
+    return _binary(ctx, "div", self, other)
+
+
+@translates(aten.div.Tensor_mode, aten.div.Scalar_mode)
+def div_mode(ctx, self, other, rounding_mode=None):
+    """div.Tensor_mode(Tensor self, Tensor other, *, str? rounding_mode) -> Tensor"""
+    dtype = ctx.out.dtype
+    if rounding_mode is None:
+        return _binary(ctx, "div", self, other)
+    # integers are divided in f64 (exact below 2**53) and converted back
+    work = dtype if dtype in ("f16", "f32", "f64") else "f64"
+    q = ctx.op("div", *same_dtype(ctx, self, other, dtype=work), dtype=work)
+    q = ctx.op("floor", q, dtype=work) if rounding_mode == "floor" else _trunc(ctx, q, work)
+    return ctx.cast(q, dtype)
+
+
+def _trunc(ctx, q, dtype=None):
+    dtype = dtype or q.dtype
+    neg = ctx.op("lt", q, operand(ctx, 0.0, dtype), dtype="bool")
+    return ctx.op("select", neg, ctx.op("ceil", q, dtype=dtype), ctx.op("floor", q, dtype=dtype),
+                  dtype=dtype, shape=q.shape)
+
+
+@translates(aten.floor_divide.default, aten.floor_divide.Scalar)
+def floor_divide(ctx, self, other):
+    """floor_divide(Tensor self, Tensor other) -> Tensor"""
+    return div_mode(ctx, self, other, rounding_mode="floor")
+
+
+@translates(aten.remainder.Tensor, aten.remainder.Scalar)
+def remainder(ctx, self, other):
+    """remainder.Tensor(Tensor self, Tensor other) -> Tensor"""
+    return _mod(ctx, self, other, floor=True)
+
+
+@translates(aten.fmod.Tensor, aten.fmod.Scalar)
+def fmod(ctx, self, other):
+    """fmod.Tensor(Tensor self, Tensor other) -> Tensor"""
+    return _mod(ctx, self, other, floor=False)
+
+
+def _mod(ctx, self, other, floor: bool):
+    dtype = ctx.out.dtype
+    work = dtype if dtype in ("f16", "f32", "f64") else "f64"
+    a, b = same_dtype(ctx, self, other, dtype=work)
+    q = ctx.op("div", a, b, dtype=work)
+    q = ctx.op("floor", q, dtype=work) if floor else _trunc(ctx, q, work)
+    r = ctx.op("sub", a, ctx.op("mul", q, b, dtype=work), dtype=work)
+    return ctx.cast(r, dtype)
+
+
+@translates(aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar)
+def pow(ctx, self, exponent):
+    """pow.Tensor_Scalar(Tensor self, Scalar exponent) -> Tensor"""
+    dtype = ctx.out.dtype
+    if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) \
+            and isinstance(self, Value):
+        x = operand(ctx, self, dtype)
+        if exponent == 2:
+            return ctx.op("sqr", x)
+        if exponent == 0.5:
+            return ctx.op("sqrt", x)
+        if exponent == 1:
+            return ctx.op("copy", x)
+        if exponent == -1:
+            return ctx.op("div", operand(ctx, 1.0, dtype), x)
+        if exponent == -0.5:
+            return ctx.op("rsqrt", x)
+    return _binary(ctx, "pow", self, exponent)
+
+
+@translates(aten.maximum.default, aten.max.other)
+def maximum(ctx, self, other):
+    """maximum(Tensor self, Tensor other) -> Tensor"""
+    return _binary(ctx, "max", self, other)
+
+
+@translates(aten.minimum.default, aten.min.other)
+def minimum(ctx, self, other):
+    """minimum(Tensor self, Tensor other) -> Tensor"""
+    return _binary(ctx, "min", self, other)
+
+
+_COMPARISONS = {"eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge"}
+
+
+def _comparison(op):
+    def compare(ctx, self, other):
+        x, y = same_dtype(ctx, self, other, dtype=promote(self, other))
+        return ctx.op(op, x, y)
+    compare.__name__ = op
+    compare.__doc__ = f"{op}.Tensor(Tensor self, Tensor other) -> Tensor"
+    return compare
+
+
+for _name, _op in _COMPARISONS.items():
+    _fn = getattr(aten, _name)
+    translates(_fn.Tensor, _fn.Scalar)(_comparison(_op))
+
+
+@translates(aten.logical_and.default, aten.__and__.Tensor, aten.bitwise_and.Tensor)
+def logical_and(ctx, self, other):
+    """logical_and(Tensor self, Tensor other) -> Tensor"""
+    return _logic(ctx, BOOL_AND, "tract_core_bitand", self, other)
+
+
+@translates(aten.logical_or.default, aten.__or__.Tensor, aten.bitwise_or.Tensor)
+def logical_or(ctx, self, other):
+    """logical_or(Tensor self, Tensor other) -> Tensor"""
+    return _logic(ctx, "or", "tract_core_bitor", self, other)
+
+
+@translates(aten.logical_xor.default, aten.__xor__.Tensor, aten.bitwise_xor.Tensor)
+def logical_xor(ctx, self, other):
+    """logical_xor(Tensor self, Tensor other) -> Tensor"""
+    return _logic(ctx, "tract_core_xor", "tract_core_bitxor", self, other)
+
+
+def _logic(ctx, bool_op, int_op, self, other):
+    if ctx.out.dtype == "bool":
+        return ctx.op(bool_op, *same_dtype(ctx, self, other, dtype="bool"))
+    return ctx.op(int_op, *same_dtype(ctx, self, other, dtype=ctx.out.dtype))
+
+
+@translates(aten.logical_not.default, aten.bitwise_not.default)
+def logical_not(ctx, self):
+    """logical_not(Tensor self) -> Tensor"""
+    if ctx.out.dtype == "bool":
+        return ctx.op("not", operand(ctx, self, "bool"))
+    return ctx.op("tract_core_bitnot", self)
+
+
+_UNARY = {
+    aten.neg.default: "neg", aten.abs.default: "abs", aten.exp.default: "exp",
+    aten.log.default: "log", aten.sqrt.default: "sqrt", aten.rsqrt.default: "rsqrt",
+    aten.sin.default: "sin", aten.cos.default: "cos", aten.tanh.default: "tanh",
+    aten.sigmoid.default: "sigmoid", aten.relu.default: "relu", aten.floor.default: "floor",
+    aten.ceil.default: "ceil", aten.sign.default: "sign",
+    aten.erf.default: "tract_core_erf", aten.round.default: "tract_core_round_even",
+    aten.log2.default: "log2", aten.square.default: "sqr",
+}
+
+
+def _unary(op):
+    def unary(ctx, self):
+        return ctx.op(op, operand(ctx, self, ctx.out.dtype))
+    unary.__doc__ = f"{op}(Tensor self) -> Tensor"
+    return unary
+
+
+for _target, _op in _UNARY.items():
+    translates(_target)(_unary(_op))
+
+
+@translates(aten.reciprocal.default)
+def reciprocal(ctx, self):
+    """reciprocal(Tensor self) -> Tensor"""
+    return ctx.op("div", operand(ctx, 1.0, ctx.out.dtype), operand(ctx, self, ctx.out.dtype))
+
+
+@translates(aten.tan.default)
+def tan(ctx, self):
+    """tan(Tensor self) -> Tensor"""
+    x = operand(ctx, self, ctx.out.dtype)
+    return ctx.op("div", ctx.op("sin", x, **ctx.like(x)), ctx.op("cos", x, **ctx.like(x)))
+
+
+@translates(aten.exp2.default)
+def exp2(ctx, self):
+    """exp2(Tensor self) -> Tensor"""
+    return ctx.op("pow", operand(ctx, 2.0, ctx.out.dtype), operand(ctx, self, ctx.out.dtype))
+
+
+@translates(aten.log1p.default)
+def log1p(ctx, self):
+    """log1p(Tensor self) -> Tensor"""
+    x = operand(ctx, self, ctx.out.dtype)
+    return ctx.op("log", ctx.op("add", x, operand(ctx, 1.0, x.dtype), **ctx.like(x)))
+
+
+@translates(aten.trunc.default)
+def trunc(ctx, self):
+    """trunc(Tensor self) -> Tensor"""
+    return _trunc(ctx, operand(ctx, self, ctx.out.dtype))
+
+
+@translates(aten.clamp.default, aten.clamp.Tensor, aten.clip.default)
+def clamp(ctx, self, min=None, max=None):
+    """clamp(Tensor self, Scalar? min=None, Scalar? max=None) -> Tensor"""
+    dtype = ctx.out.dtype
+    x = operand(ctx, self, dtype)
+    if min is not None:
+        x = ctx.op("max", *same_dtype(ctx, x, min, dtype=dtype), **ctx.like(x))
+    if max is not None:
+        x = ctx.op("min", *same_dtype(ctx, x, max, dtype=dtype), **ctx.like(x))
+    if min is None and max is None:
+        raise TranslationError("clamp without min or max", "give at least one bound")
+    return x
+
+
+@translates(aten.hardtanh.default)
+def hardtanh(ctx, self, min_val=-1, max_val=1):
+    """hardtanh(Tensor self, Scalar min_val=-1, Scalar max_val=1) -> Tensor"""
+    return clamp(ctx, self, min=min_val, max=max_val)
+
+
+@translates(aten.clamp_min.default, aten.clamp_min.Tensor)
+def clamp_min(ctx, self, min):
+    """clamp_min(Tensor self, Scalar min) -> Tensor"""
+    return clamp(ctx, self, min=min)
+
+
+@translates(aten.clamp_max.default, aten.clamp_max.Tensor)
+def clamp_max(ctx, self, max):
+    """clamp_max(Tensor self, Scalar max) -> Tensor"""
+    return clamp(ctx, self, max=max)

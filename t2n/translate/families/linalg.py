@@ -1,0 +1,118 @@
+"""Linear layers and matrix products."""
+from __future__ import annotations
+
+from t2n.errors import TranslationError
+from t2n.translate.families._common import operand
+from t2n.translate.registry import translates
+
+aten = __import__("torch").ops.aten
+
+
+def _unsqueeze_to(ctx, x, rank: int):
+    """Add leading axes to ``x`` until it has ``rank`` (tract's matmul wants equal ranks)."""
+    if x.rank >= rank:
+        return x
+    n = rank - x.rank
+    return ctx.op("unsqueeze", x, axes=list(range(n)),
+                  shape=(1,) * n + tuple(x.shape), dtype=x.dtype, name=f"{x.name}_r{rank}")
+
+
+def _matmul(ctx, a, b, transpose_b=False, dtype=None):
+    """Batched a @ b with torch broadcasting of leading axes; returns the product."""
+    dtype = dtype or ctx.out.dtype
+    a, b = operand(ctx, a, dtype), operand(ctx, b, dtype)
+    if a.rank == 1 or b.rank == 1:
+        raise TranslationError("internal: 1-D operand reached _matmul", "report this")
+    rank = max(a.rank, b.rank)
+    a, b = _unsqueeze_to(ctx, a, rank), _unsqueeze_to(ctx, b, rank)
+    return a, b, {"transposeB": True} if transpose_b else {}
+
+
+@translates(aten.linear.default)
+def linear(ctx, input, weight, bias=None):
+    """linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor"""
+    dtype = ctx.out.dtype
+    x = operand(ctx, input, dtype)
+    if x.rank == 1:
+        x = ctx.op("unsqueeze", x, axes=[0], shape=(1,) + x.shape, dtype=dtype)
+        y = linear_nd(ctx, x, weight, bias, out_shape=(1,) + tuple(ctx.out.shape))
+        return ctx.op("squeeze", y, axes=[0])
+    return linear_nd(ctx, x, weight, bias)
+
+
+def linear_nd(ctx, x, weight, bias, out_shape=None):
+    dtype = x.dtype
+    w = operand(ctx, weight, dtype)
+    x, w, attrs = _matmul(ctx, x, w, transpose_b=True, dtype=dtype)
+    if bias is None:
+        return ctx.op("matmul", x, w, **attrs, **({"shape": out_shape, "dtype": dtype}
+                                                  if out_shape else {}))
+    y = ctx.op("matmul", x, w, **attrs, shape=out_shape or ctx.out.shape, dtype=dtype)
+    b = _unsqueeze_to(ctx, operand(ctx, bias, dtype), y.rank)
+    return ctx.op("add", y, b, **({"shape": out_shape, "dtype": dtype} if out_shape else {}))
+
+
+@translates(aten.matmul.default, aten.mm.default, aten.bmm.default)
+def matmul(ctx, self, other):
+    """matmul(Tensor self, Tensor other) -> Tensor"""
+    dtype = ctx.out.dtype
+    a, b = operand(ctx, self, dtype), operand(ctx, other, dtype)
+    squeeze = []
+    if a.rank == 1:
+        a = ctx.op("unsqueeze", a, axes=[0], shape=(1,) + a.shape, dtype=dtype)
+        squeeze.append(-2)
+    if b.rank == 1:
+        b = ctx.op("unsqueeze", b, axes=[1], shape=b.shape + (1,), dtype=dtype)
+        squeeze.append(-1)
+    a, b, attrs = _matmul(ctx, a, b, dtype=dtype)
+    if not squeeze:
+        return ctx.op("matmul", a, b, **attrs)
+    y = ctx.op("matmul", a, b, **attrs, dtype=dtype)
+    rank = max(a.rank, b.rank)
+    return ctx.op("squeeze", y, axes=sorted(ax % rank for ax in squeeze))
+
+
+@translates(aten.addmm.default)
+def addmm(ctx, self, mat1, mat2, beta=1, alpha=1):
+    """addmm(Tensor self, Tensor mat1, Tensor mat2, *, Scalar beta=1, Scalar alpha=1) -> Tensor"""
+    dtype = ctx.out.dtype
+    a, b, attrs = _matmul(ctx, mat1, mat2, dtype=dtype)
+    y = ctx.op("matmul", a, b, **attrs, shape=ctx.out.shape, dtype=dtype)
+    if alpha != 1:
+        y = ctx.op("mul", y, operand(ctx, alpha, dtype), **ctx.like(y))
+    c = operand(ctx, self, dtype)
+    if beta != 1:
+        c = ctx.op("mul", c, operand(ctx, beta, dtype), **ctx.like(c))
+    return ctx.op("add", y, _unsqueeze_to(ctx, c, 2))
+
+
+@translates(aten.baddbmm.default)
+def baddbmm(ctx, self, batch1, batch2, beta=1, alpha=1):
+    """baddbmm(Tensor self, Tensor batch1, Tensor batch2, *, Scalar beta=1, Scalar alpha=1) -> Tensor"""
+    dtype = ctx.out.dtype
+    a, b, attrs = _matmul(ctx, batch1, batch2, dtype=dtype)
+    y = ctx.op("matmul", a, b, **attrs, shape=ctx.out.shape, dtype=dtype)
+    if alpha != 1:
+        y = ctx.op("mul", y, operand(ctx, alpha, dtype), **ctx.like(y))
+    c = operand(ctx, self, dtype)
+    if beta == 0:
+        return ctx.op("copy", y)
+    if beta != 1:
+        c = ctx.op("mul", c, operand(ctx, beta, dtype), **ctx.like(c))
+    return ctx.op("add", y, _unsqueeze_to(ctx, c, 3))
+
+
+@translates(aten.einsum.default)
+def einsum(ctx, equation, tensors, path=None):
+    """einsum(str equation, Tensor[] tensors, *, int[]? path=None) -> Tensor"""
+    dtype = ctx.out.dtype
+    xs = [operand(ctx, t, dtype) for t in tensors]
+    expr = equation.replace(" ", "")
+    if "..." in expr:
+        raise TranslationError("einsum with '...' is not supported",
+                               "spell the axes out in the equation")
+    if "->" not in expr:  # implicit output: letters seen once, in alphabetical order
+        letters = expr.replace(",", "")
+        expr += "->" + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return ctx.op("tract_core_einsum", xs, expr=expr, acc=dtype if dtype != "f16" else "f32",
+                  output="")

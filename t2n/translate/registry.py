@@ -1,0 +1,60 @@
+"""The one registry of translators: ATen op overload -> function emitting NNEF.
+
+A translator mirrors its ATen schema: ``fn(ctx, *args, **kwargs)`` receives the node's
+arguments with tensors replaced by :class:`~t2n.translate.context.Value` and symbolic sizes by
+:class:`~t2n.nnef.graph.Dim`; its keyword defaults are the schema's defaults and its docstring
+is the schema line. It returns a Value (or a tuple for multi-output ops).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["Translator", "translates", "TRANSLATORS", "lookup", "op_name"]
+
+
+@dataclass(frozen=True)
+class Translator:
+    target: object
+    fn: Callable
+    family: str
+
+    @property
+    def name(self) -> str:
+        return op_name(self.target)
+
+    @property
+    def schema(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+
+
+TRANSLATORS: dict[object, Translator] = {}
+
+
+def op_name(target) -> str:
+    """``aten.gelu.default`` for an OpOverload, the qualified name for a Python callable."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    module = getattr(target, "__module__", "") or ""
+    return f"{module.replace('_operator', 'operator')}.{getattr(target, '__name__', target)}"
+
+
+def translates(*targets, override: bool = False):
+    """Register the decorated function as the translator of each of ``targets``."""
+
+    def register(fn):
+        family = fn.__module__.rsplit(".", 1)[-1]
+        for target in targets:
+            if target in TRANSLATORS and not override:
+                raise RuntimeError(f"{op_name(target)} already has a translator "
+                                   f"({TRANSLATORS[target].fn.__module__}); pass override=True")
+            TRANSLATORS[target] = Translator(target, fn, family)
+        return fn
+
+    return register
+
+
+def lookup(target) -> Translator | None:
+    return TRANSLATORS.get(target)

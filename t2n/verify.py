@@ -1,0 +1,196 @@
+"""Run a bundle in tract and compare its outputs with torch's, output by output."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from t2n.errors import OptionError, VerificationError
+
+__all__ = ["TOLERANCES", "OutputDiff", "Verification", "run_tract", "compare", "check",
+           "load_tract_model", "tract_error_line"]
+
+log = logging.getLogger(__name__)
+
+# name -> (atol, rtol, allowed outlier fraction), as tract's own approximation levels:
+# |tract - torch| <= atol + rtol * |torch| must hold except for that fraction of elements.
+TOLERANCES = {
+    "exact": (0.0, 0.0, 0.0),
+    "close": (1e-7, 1e-7, 0.0),
+    "approximate": (1e-4, 5e-4, 0.0),
+    "very": (5e-2, 1e-2, 0.0),
+    "super": (0.1, 0.05, 0.0001),
+    "ultra": (0.2, 0.1, 0.0005),
+}
+# tract loosens two levels for f16 outputs.
+_F16_TOLERANCES = {"close": (1e-3, 1e-3, 0.0), "approximate": (1e-3, 5e-3, 0.0)}
+
+
+def tolerance_for(name: str, dtype) -> tuple[float, float, float]:
+    if name not in TOLERANCES:
+        raise OptionError(f"unknown tolerance {name!r}",
+                          f"use one of: {', '.join(TOLERANCES)}")
+    if np.dtype(dtype) == np.float16 and name in _F16_TOLERANCES:
+        return _F16_TOLERANCES[name]
+    return TOLERANCES[name]
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    cosine: float
+    outliers: int
+    passed: bool
+    problem: str = ""
+
+
+@dataclass
+class Verification:
+    tolerance: str
+    outputs: list[OutputDiff] = field(default_factory=list)
+    tract_ms: float = 0.0
+    runner: str = "tract bindings"
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def summary(self, most: int = 3) -> str:
+        """One line: the outputs (the ``most`` worst by max abs diff when there are more)."""
+        shown = self.outputs
+        if len(shown) > most:
+            shown = sorted(shown, key=lambda o: (o.passed, -o.max_abs))[:most]
+        parts = [f"{o.name}: max_abs={o.max_abs:.3g} max_rel={o.max_rel:.3g} cos={o.cosine:.7f}"
+                 + ("" if o.passed else f" FAIL ({o.problem})") for o in shown]
+        if len(shown) < len(self.outputs):
+            parts.append(f"... {len(self.outputs)} outputs, worst shown")
+        return "; ".join(parts)
+
+
+def tract_error_line(err: Exception) -> str:
+    """The useful part of a tract error: the innermost causes, without the Rust backtrace."""
+    text = str(err).split("Stack backtrace:")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip() != "Caused by:"]
+    causes = [ln.split(": ", 1)[1] if ln[:1].isdigit() and ": " in ln else ln for ln in lines]
+    return " / ".join(causes[-2:]) if causes else text.strip()
+
+
+def load_tract_model(path):
+    import tract
+    nnef = tract.nnef().with_tract_extra().with_tract_transformers()
+    return nnef.load(str(path))
+
+
+def run_tract(path, inputs: list[np.ndarray], *, binary: str | None = None,
+              budget_s: float = 1.0):
+    """Outputs of the bundle at ``path`` on ``inputs`` and its run time in ms.
+
+    The time is the median of warm runs repeated within ``budget_s`` (at least one run; the
+    first, cold run counts only when it is the only one).
+    """
+    if binary:
+        return _run_binary(path, inputs, binary)
+    arrays = [np.asarray(a, order="C") for a in inputs]
+    try:
+        runnable = load_tract_model(path).into_runnable()
+        t0 = time.perf_counter()
+        outs = runnable.run(arrays)
+        times = [time.perf_counter() - t0]
+        warm, spent = [], times[0]
+        while spent + times[0] < budget_s and len(warm) < 20:
+            t0 = time.perf_counter()
+            runnable.run(arrays)
+            warm.append(time.perf_counter() - t0)
+            spent += warm[-1]
+        return [o.to_numpy() for o in outs], float(np.median(warm or times) * 1000)
+    except Exception as e:  # tract raises TractError for anything it cannot load or run
+        if type(e).__name__ != "TractError":
+            raise
+        raise VerificationError(f"tract could not run the bundle: {tract_error_line(e)}",
+                                "run with -v for details; report the model if t2n wrote it") from e
+
+
+def _run_binary(path, inputs, binary):
+    exe = shutil.which(binary) or binary
+    if not os.access(exe, os.X_OK):
+        raise OptionError(f"tract binary {binary} is not an executable",
+                          "give the path of a tract command-line binary")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_tract_model(path)
+        names = [model.input_name(i) for i in range(model.input_count())]
+        inp, out = Path(tmp, "inputs.npz"), Path(tmp, "outputs.npz")
+        np.savez(inp, **dict(zip(names, inputs)))
+        cmd = [exe, str(path), "--nnef-tract-core", "--nnef-tract-extra",
+               "--nnef-tract-transformers", "--input-facts-from-bundle", str(inp), "run",
+               "--input-from-bundle", str(inp), "--save-outputs-npz", str(out)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        ms = (time.perf_counter() - t0) * 1000
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise VerificationError(f"{binary} failed on the bundle: {last}",
+                                    "run the command with -v to see it in full")
+        with np.load(out) as got:
+            outputs = [got[model.output_name(i)] for i in range(model.output_count())]
+        return outputs, ms
+
+
+def compare(got: list[np.ndarray], expected: list[np.ndarray], names: list[str],
+            tolerance: str = "approximate") -> Verification:
+    """Compare tract outputs with torch's under a named tolerance."""
+    result = Verification(tolerance)
+    for name, a, b in zip(names, got, expected):
+        result.outputs.append(_diff(name, np.asarray(a), np.asarray(b), tolerance))
+    if len(got) != len(expected):
+        result.outputs.append(OutputDiff("<count>", (), float("inf"), float("inf"), 0.0, 0, False,
+                                         f"tract gave {len(got)} outputs, torch {len(expected)}"))
+    return result
+
+
+def _diff(name, a, b, tolerance) -> OutputDiff:
+    if a.shape != b.shape:
+        return OutputDiff(name, b.shape, float("inf"), float("inf"), 0.0, b.size, False,
+                          f"shape {a.shape} != torch {b.shape}")
+    atol, rtol, outlier_frac = tolerance_for(tolerance, b.dtype if b.dtype.kind == "f" else a.dtype)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _diff_values(name, a, b, atol, rtol, outlier_frac)
+
+
+def _diff_values(name, a, b, atol, rtol, outlier_frac) -> OutputDiff:
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    both_nan = np.isnan(x) & np.isnan(y)
+    same_inf = np.isinf(x) & np.isinf(y) & (np.sign(x) == np.sign(y))
+    err = np.where(both_nan | same_inf, 0.0, np.abs(x - y))
+    err = np.nan_to_num(err, nan=np.inf)
+    bad = err > atol + rtol * np.abs(np.nan_to_num(y))
+    outliers = int(bad.sum())
+    max_abs = float(err.max()) if err.size else 0.0
+    rel = err / np.maximum(np.abs(np.nan_to_num(y)), 1e-12)
+    max_rel = float(rel.max()) if rel.size else 0.0
+    fx, fy = np.nan_to_num(x).ravel(), np.nan_to_num(y).ravel()
+    nx, ny = np.linalg.norm(fx), np.linalg.norm(fy)
+    cos = float(fx @ fy / (nx * ny)) if nx > 0 and ny > 0 else (1.0 if nx == ny else 0.0)
+    passed = outliers == 0 if outlier_frac == 0 else outliers / max(1, b.size) <= outlier_frac
+    problem = "" if passed else (f"{outliers}/{b.size} values outside atol={atol:g} rtol={rtol:g}")
+    return OutputDiff(name, b.shape, max_abs, max_rel, cos, outliers, passed, problem)
+
+
+def check(path, inputs: list[np.ndarray], expected: list[np.ndarray], names: list[str],
+          tolerance: str = "approximate", *, binary: str | None = None) -> Verification:
+    """Run the bundle in tract on ``inputs`` and compare with ``expected`` (torch's outputs)."""
+    tolerance_for(tolerance, np.float32)
+    got, ms = run_tract(path, inputs, binary=binary)
+    result = compare(got, expected, names, tolerance)
+    result.tract_ms = ms
+    result.runner = binary or "tract bindings"
+    return result
