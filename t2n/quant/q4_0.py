@@ -1,0 +1,314 @@
+"""Q4_0: 4-bit block-quantized weights as tract (and GGML) store and run them.
+
+A weight of shape ``[m, d1, d2, ...]`` is seen as a matrix ``[m, k]`` with ``k = d1*d2*...``
+(``k`` a multiple of 32). Each row is cut into blocks of 32 consecutive values; blocks are stored
+in row-major order (block ``b`` holds the flat values ``32*b .. 32*b+31``), 18 bytes each::
+
+    offset size
+         0    2  d, the block scale: IEEE float16, little-endian
+         2   16  byte 2+j (j = 0..15): low nibble (bits 0-3) = q[j], high nibble = q[j+16]
+
+    value[i] = (q[i] - 8) * d        q[i] in 0..15 (unsigned nibble, offset 8)
+
+so the first byte after ``d`` holds values 0 and 16, the last one values 15 and 31 (GGML's
+``block_q4_0``). tract's own packing (item type 0x2040) instead puts consecutive values in one
+byte; tract converts it to this layout on load, so we only write this one.
+
+``.dat`` file: the 128-byte NNEF header (``t2n.nnef.dat.header``) with the logical shape as
+rank/dims, bits per item ``0xFFFFFFFF``, item type ``0x3040`` (GGML Q4_0), item type vendor
+``0x5452`` ('TR'), data length ``n_blocks * 18``; then the blocks. tract requires rank >= 2 and
+takes the first dim as the rows: the declared shape is the logical one (``[O, I, kh, kw]`` for
+a conv filter).
+
+Default quantizer (min-max), bit-identical to tract's ``BaseQ4_0::quant_block`` and GGML's
+``quantize_row_q4_0_ref``, computed in float32: ``max`` = the value of largest magnitude, signed
+(the first one on ties); ``d = max / -8``; ``q = min(15, floor(x * (1/d) + 8.5))`` (round half
+up, then the +8 offset); ``d`` is stored rounded to float16 (nearest even). The sign of ``d`` is
+opposite to ``max``, so ``max`` itself gets q = 0 and is exact (up to d's float16 rounding); the
+other side reaches ``7*|d|``. An all-zero block gets ``d = -0.0`` (``0 / -8``: bytes 00 80, as
+tract and GGML write it) and every q = 8, so it decodes to zeros.
+
+Caller scales (``quantize(w, scales=...)``, for clipping or searched scales): ``d`` is the given
+scale rounded to float16 (either sign), and ``q = clamp(floor(x / d + 8.5), 0, 15)`` against that
+stored ``d``, so every value goes to its nearest level of the grid it is decoded with.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_map
+
+from t2n.nnef.dat import TRACT_VENDOR, header
+
+__all__ = ["BLOCK", "BLOCK_BYTES", "ITEM_TYPE", "quantize", "pack", "unpack", "dequantize",
+           "encode_dat", "Q4_0Tensor"]
+
+BLOCK = 32
+BLOCK_BYTES = 2 + BLOCK // 2
+ITEM_TYPE = 0x3040
+BITS_PER_ITEM = 0xFFFFFFFF
+
+
+def _rows(weight) -> tuple[np.ndarray, tuple]:
+    """``weight`` as float32 blocks ``[n_blocks, 32]`` and its shape, after the checks."""
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().cpu()
+        if not weight.is_floating_point():
+            raise TypeError(f"Q4_0 quantizes float weights, got a {weight.dtype} tensor")
+        weight = weight.float().numpy()
+    weight = np.asarray(weight)
+    if weight.dtype.kind != "f":
+        raise TypeError(f"Q4_0 quantizes float weights, got dtype {weight.dtype}")
+    shape = tuple(int(s) for s in weight.shape)
+    if len(shape) < 2:
+        raise ValueError(f"Q4_0 needs a weight of rank >= 2 (rows first), got shape {shape}")
+    k = int(np.prod(shape[1:]))
+    if k % BLOCK:
+        raise ValueError(f"Q4_0 needs the product of the dims after the first (k) to be a "
+                         f"multiple of {BLOCK}: shape {shape} has k = {k}")
+    x = np.ascontiguousarray(weight, dtype=np.float32).reshape(-1, BLOCK)
+    finite = np.isfinite(x)
+    if not finite.all():
+        flat = int(np.flatnonzero(~finite)[0])
+        at = tuple(int(i) for i in np.unravel_index(flat, shape))
+        n = int(x.size - np.count_nonzero(finite))
+        raise ValueError(f"Q4_0 cannot quantize non-finite values: {n} NaN/inf in the weight, "
+                         f"the first {x.reshape(-1)[flat]} at index {list(at)}")
+    return x, shape
+
+
+def _scales(scales, n_blocks: int) -> np.ndarray:
+    d = np.asarray(scales, dtype=np.float32).reshape(-1)
+    if d.size != n_blocks:
+        raise ValueError(f"Q4_0 needs one scale per block of {BLOCK}: {n_blocks} blocks, "
+                         f"got {d.size} scales")
+    with np.errstate(over="ignore"):
+        d16 = d.astype(np.float16)
+    if not np.isfinite(d16).all():
+        bad = int(np.flatnonzero(~np.isfinite(d16))[0])
+        raise ValueError(f"Q4_0 scales must be finite float16 values: scale {bad} is {d[bad]}")
+    return d16
+
+
+def _levels(x: np.ndarray, d32: np.ndarray) -> np.ndarray:
+    """q = clamp(floor(x / d + 8.5), 0, 15), 8 where d == 0 (float32, GGML's arithmetic)."""
+    with np.errstate(divide="ignore"):
+        inv = np.where(d32 == 0, np.float32(0), np.float32(1) / d32).astype(np.float32)
+    t = x * inv[:, None]
+    t += np.float32(8.5)
+    np.floor(t, out=t)
+    np.clip(t, 0, 15, out=t)
+    return t.astype(np.uint8)
+
+
+def quantize(weight, scales=None) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0 blocks of a float weight ``[m, ...]``: ``(q uint8 [n_blocks, 32], d float16
+    [n_blocks])``. ``scales``: one scale per block (any shape of that size) instead of the
+    min-max default."""
+    x, _ = _rows(weight)
+    if scales is not None:
+        d = _scales(scales, len(x))
+        return _levels(x, d.astype(np.float32)), d
+    pick = np.abs(x).argmax(axis=1)
+    vmax = np.take_along_axis(x, pick[:, None], axis=1)[:, 0]
+    vmax[vmax == 0] = 0  # tract starts from +0.0: a block of zeros (even -0.0) has d = -0.0
+    d32 = vmax / np.float32(-8)
+    with np.errstate(over="ignore"):
+        d = d32.astype(np.float16)
+    if not np.isfinite(d).all():
+        bad = int(np.flatnonzero(~np.isfinite(d))[0])
+        raise ValueError(f"Q4_0 scale overflows float16: block {bad} has a value of magnitude "
+                         f"{abs(d32[bad]) * 8:g} (at most {8 * 65504} fits)")
+    return _levels(x, d32), d
+
+
+def pack(q: np.ndarray, d: np.ndarray) -> bytes:
+    """The raw Q4_0 block bytes (18 per block) of ``quantize``'s ``(q, d)``."""
+    q, d = np.asarray(q), np.asarray(d)
+    if q.ndim != 2 or q.shape[1] != BLOCK or d.shape != (len(q),):
+        raise ValueError(f"pack needs q [n, {BLOCK}] and d [n], got {q.shape} and {d.shape}")
+    if q.dtype.kind not in "ui" or (q.size and (q.min() < 0 or q.max() > 15)):
+        raise ValueError("pack needs integer q values in 0..15")
+    q = q.astype(np.uint8)
+    out = np.empty((len(q), BLOCK_BYTES), dtype=np.uint8)
+    out[:, :2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q[:, : BLOCK // 2] | (q[:, BLOCK // 2:] << 4)
+    return out.tobytes()
+
+
+def unpack(data, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, d)`` from ``n_blocks`` raw blocks (``pack``'s output)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size != n_blocks * BLOCK_BYTES:
+        raise ValueError(f"{n_blocks} Q4_0 blocks take {n_blocks * BLOCK_BYTES} bytes, "
+                         f"got {raw.size}")
+    raw = raw.reshape(n_blocks, BLOCK_BYTES)
+    d = raw[:, :2].copy().view("<f2").reshape(n_blocks).astype(np.float16)
+    nibbles = raw[:, 2:]
+    return np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=1), d
+
+
+def dequantize(q: np.ndarray, d: np.ndarray, shape) -> np.ndarray:
+    """The float32 weight of ``shape`` that the blocks ``(q, d)`` decode to."""
+    shape = tuple(int(s) for s in shape)
+    if int(np.prod(shape)) != np.asarray(q).size:
+        raise ValueError(f"{len(q)} Q4_0 blocks hold {np.asarray(q).size} values, "
+                         f"not a {shape} weight")
+    levels = np.asarray(q).astype(np.float32) - np.float32(8)
+    return (levels * np.asarray(d).astype(np.float32)[:, None]).reshape(shape)
+
+
+def encode_dat(source) -> bytes:
+    """A whole Q4_0 .dat file (header + blocks) from a float weight, a ``Q4_0Tensor`` or
+    ``(q, d, shape)``."""
+    if isinstance(source, Q4_0Tensor):
+        data, shape = source.packed.cpu().numpy().tobytes(), tuple(source.shape)
+    else:
+        if isinstance(source, tuple):
+            q, d, shape = source
+        else:
+            q, d = quantize(source)
+            shape = tuple(source.shape)
+        shape = tuple(int(s) for s in shape)
+        k = int(np.prod(shape[1:])) if len(shape) >= 2 else 0
+        if len(shape) < 2 or k % BLOCK or len(q) * BLOCK != shape[0] * k:
+            raise ValueError(f"{len(q)} Q4_0 blocks do not make a {shape} weight (rank >= 2, "
+                             f"k a multiple of {BLOCK})")
+        data = pack(q, d)
+    return header(shape, len(data), BITS_PER_ITEM, ITEM_TYPE, TRACT_VENDOR) + data
+
+
+aten = torch.ops.aten
+
+# Ops whose result is the same quantized weight (possibly moved or relabelled to another float
+# dtype); every other op sees the dequantized float tensor.
+_KEEP = {aten.detach.default, aten.alias.default, aten.clone.default, aten._to_copy.default}
+
+
+class Q4_0Tensor(torch.Tensor):
+    """A read-only float tensor stored as Q4_0 blocks, dequantized whenever an op uses it.
+
+    ``packed`` is the uint8 tensor ``[n_blocks, 18]`` of raw blocks (the .dat payload);
+    ``shape``/``dtype`` are the float weight's. Put it in a module with
+    ``nn.Parameter(Q4_0Tensor.from_float(w), requires_grad=False)``.
+
+    A wrapper subclass (``__torch_dispatch__``): every op that reads it gets the dequantized
+    tensor (computed again at each use, never cached), so its results are plain tensors;
+    detach/alias/clone and ``.to()`` (device, or another float dtype, which only relabels the
+    dequantized dtype) keep it quantized. Ops that would write to it (in-place and ``out=``
+    variants, ``t[i] = v``, ``t.data = v``) raise. Views (``t.t()``, ``t[0]``) are dequantized
+    copies, not views. ``.numpy()`` is a dequantized copy.
+    """
+
+    packed: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, packed: torch.Tensor, shape, dtype: torch.dtype):
+        return torch.Tensor._make_wrapper_subclass(cls, torch.Size(shape), dtype=dtype,
+                                                   device=packed.device, requires_grad=False)
+
+    def __init__(self, packed: torch.Tensor, shape, dtype: torch.dtype):
+        shape = tuple(shape)
+        if len(shape) < 2 or int(np.prod(shape[1:])) % BLOCK:
+            raise ValueError(f"a Q4_0 weight has rank >= 2 and k (the product of the dims after "
+                             f"the first) a multiple of {BLOCK}, not shape {shape}")
+        n = int(np.prod(shape)) // BLOCK
+        if packed.dtype != torch.uint8 or tuple(packed.shape) != (n, BLOCK_BYTES):
+            raise ValueError(f"a {tuple(shape)} Q4_0 weight needs packed uint8 [{n}, "
+                             f"{BLOCK_BYTES}], got {packed.dtype} {tuple(packed.shape)}")
+        if not dtype.is_floating_point:
+            raise TypeError(f"Q4_0Tensor stands for a float tensor, not {dtype}")
+        self.packed = packed
+
+    @classmethod
+    def from_float(cls, tensor: torch.Tensor, scales=None) -> Q4_0Tensor:
+        """Quantize a float tensor (min-max, or the given per-block ``scales``)."""
+        q, d = quantize(tensor, scales)
+        raw = np.frombuffer(pack(q, d), dtype=np.uint8).reshape(-1, BLOCK_BYTES)
+        return cls(torch.from_numpy(raw.copy()).to(tensor.device), tensor.shape, tensor.dtype)
+
+    @property
+    def blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(q uint8 [n_blocks, 32], d float16 [n_blocks])``."""
+        return unpack(self.packed.cpu().numpy(), len(self.packed))
+
+    @property
+    def nbytes_packed(self) -> int:
+        return self.packed.numel()
+
+    def dequantize(self) -> torch.Tensor:
+        """The plain float tensor (shape and dtype of the original weight)."""
+        raw = self.packed
+        d = raw[:, :2].contiguous().view(torch.float16).float()
+        nibbles = raw[:, 2:]
+        q = torch.cat([nibbles & 0x0F, nibbles >> 4], dim=1).float() - 8
+        return (q * d).reshape(self.shape).to(self.dtype)
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return (f"Q4_0Tensor(shape={list(self.shape)}, dtype={self.dtype}, "
+                f"{self.nbytes_packed} bytes packed)")
+
+    def __tensor_flatten__(self):
+        return ["packed"], (tuple(self.shape), self.dtype)
+
+    @staticmethod
+    def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
+        return Q4_0Tensor(inner["packed"], *meta)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__setitem__:
+            _read_only("t[...] = value")
+        if _is_data_setter(func):
+            _read_only("t.data = value")
+        if func is torch.Tensor.numpy:  # a copy: torch refuses .numpy() on tensor subclasses
+            return args[0].dequantize().numpy(**kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                target = args[i] if i < len(args) else kwargs.get(arg.name)
+                if any(isinstance(t, Q4_0Tensor) for t in _leaves(target)):
+                    _read_only(str(func))
+        if func in _KEEP and isinstance(args[0], Q4_0Tensor):
+            kept = _kept(func, args[0], kwargs)
+            if kept is not None:
+                return kept
+        return func(*tree_map(_plain, args), **tree_map(_plain, kwargs))
+
+
+def _plain(value):
+    return value.dequantize() if isinstance(value, Q4_0Tensor) else value
+
+
+def _is_data_setter(func) -> bool:
+    return (getattr(func, "__name__", None) == "__set__"
+            and getattr(getattr(func, "__self__", None), "__name__", None) == "data")
+
+
+def _leaves(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _read_only(what: str):
+    raise RuntimeError(f"Q4_0Tensor is read-only: {what} would write to it; use "
+                       "t.dequantize() for a float copy or Q4_0Tensor.from_float(new) to replace "
+                       "it")
+
+
+def _kept(func, t: Q4_0Tensor, kwargs) -> Q4_0Tensor | None:
+    """``func(t)`` as a Q4_0Tensor, or None when the result cannot stay quantized."""
+    if func is aten.clone.default:
+        return Q4_0Tensor(t.packed.clone(), t.shape, t.dtype)
+    if func is not aten._to_copy.default:
+        return Q4_0Tensor(t.packed, t.shape, t.dtype)
+    dtype = kwargs.get("dtype") or t.dtype
+    if not dtype.is_floating_point or kwargs.get("layout") not in (None, torch.strided):
+        return None
+    packed = t.packed.to(kwargs.get("device") or t.device, copy=True)
+    return Q4_0Tensor(packed, t.shape, dtype)
