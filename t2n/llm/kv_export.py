@@ -1,0 +1,210 @@
+"""export_llm(): a Hugging Face causal LM as one tract bundle for prefill and decode.
+
+The bundle takes the new token ids and every layer's past keys/values and returns the logits and
+the updated keys/values (names, order and layout of torch-to-nnef's LLM bundles, see docs/llm.md).
+S (new tokens) and P (past tokens) are tract symbols, so one bundle serves a prompt with an
+empty cache (P = 0) as well as one-token decoding.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from t2n import compress, verify
+from t2n.errors import OptionError, VerificationError, WriteError
+from t2n.llm.runtime import LLMBundle
+from t2n.llm.wrapper import KVCacheLLM, dynamic_axes, input_names, output_names, past_from_cache
+from t2n.options import ExportOptions
+from t2n.pipeline import ExportResult, export_loaded
+
+__all__ = ["export_llm", "LLMExportResult", "BUNDLE_NAME"]
+
+log = logging.getLogger("t2n")
+
+BUNDLE_NAME = "model.nnef.tgz"    # torch-to-nnef's file name
+DIR_STRUCTS = ("deep", "flat")    # deep: model/ and tokenizer/ sub-folders (torch-to-nnef default)
+# Example sizes for torch.export: >= 2 on dynamic axes, and P != S so that they stay 2 symbols.
+EXAMPLE_PAST, EXAMPLE_NEW = 5, 3
+PROMPT_LEN = 6                    # the prompt checked in tract with an empty cache
+SAMPLE_TEXT = ("A river carries water from the hills to the sea, shaping valleys, feeding "
+               "fields and towns along its banks, and changing its course over the years.")
+
+
+@dataclass
+class LLMExportResult:
+    path: Path                    # the bundle, <export_dir>/model/model.nnef.tgz by default
+    export_dir: Path
+    export: ExportResult          # t2n's export; its verification ran P=5, S=3
+    # tract against torch per inference mode: "prompt" (P=0, S=6), "text_generation" (S=1)
+    modes: dict[str, verify.Verification] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    # compressed exports: the compressed torch model against the float one (never gated)
+    quantization: list | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, compression=None,
+               compression_registry=None, f32_attention=False, f32_norm=False,
+               check_io="approximate", overwrite=False, dump_tokenizer_and_conf=False,
+               num_logits_to_keep: int = 1, export_dir_struct: str = "deep",
+               tgz_level: int = 0) -> LLMExportResult:
+    """Export a transformers causal LM with its KV cache as inputs/outputs to ``export_dir``.
+
+    ``tokenizer`` (may be None unless ``dump_tokenizer_and_conf``) gives the example tokens and
+    is handed to compression functions. ``num_logits_to_keep``: logits rows returned (1: the
+    last token; 0: every input token). ``check_io`` (a tolerance name, or None) checks the
+    bundle in tract against torch on the export example, on a prompt with P = 0 and on a
+    one-token decode step; on a mismatch nothing is written.
+    """
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise OptionError(f"model is a {type(model).__name__}",
+                          "pass a transformers causal LM (e.g. AutoModelForCausalLM)")
+    if export_dir_struct not in DIR_STRUCTS:
+        raise OptionError(f"unknown export_dir_struct {export_dir_struct!r}",
+                          f"use one of: {', '.join(DIR_STRUCTS)}")
+    if dump_tokenizer_and_conf and tokenizer is None:
+        raise OptionError("dump_tokenizer_and_conf without a tokenizer", "pass the tokenizer")
+    # validates dtype, f32_* flags, tolerance and tgz level before any work
+    options = ExportOptions(dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
+                            check_io=check_io or None, tgz_level=tgz_level)
+    if compression_registry and not compression:
+        raise OptionError("compression_registry given without compression",
+                          "add compression=NAME (see 't2n compressions')")
+    if compression:
+        compress.load_registry(compression_registry)  # fail fast on a bad registry
+    export_dir = Path(export_dir)
+    model_dir = export_dir / "model" if export_dir_struct == "deep" else export_dir
+    tokenizer_dir = export_dir / "tokenizer" if export_dir_struct == "deep" else export_dir
+    bundle_path = model_dir / BUNDLE_NAME
+    if bundle_path.exists() and not overwrite:
+        raise WriteError(f"destination {bundle_path} already exists",
+                         "pass overwrite=True or choose another export_dir")
+
+    model = _prepared(model, dtype)
+    ids = _sample_ids(model, tokenizer, max(EXAMPLE_PAST + EXAMPLE_NEW, PROMPT_LEN + 1))
+    with torch.no_grad():
+        past = _prefill(model, ids[:, :EXAMPLE_PAST])
+    n_layers = len(past) // 2
+    wrapper = KVCacheLLM(model, num_logits_to_keep).eval()
+    args = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
+    timings: dict[str, float] = {}
+
+    quantization = None
+    if compression:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            float_out = [t.numpy() for t in wrapper(*args)]
+        wrapper = compress.apply(wrapper, compression, registry_path=compression_registry,
+                                 tokenizer=tokenizer, export_dirpath=export_dir, local_dir=None)
+        wrapper.eval()
+        with torch.no_grad():
+            quantized = [t.numpy() for t in wrapper(*args)]
+        quantization = verify.compare(quantized, float_out, output_names(n_layers),
+                                      "approximate").outputs
+        timings["compress"] = time.perf_counter() - t0
+        log.info("%-10s %6.2fs  %s", "compress", timings["compress"], compression)
+
+    created = [d for d in (export_dir, model_dir) if not d.exists()]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".t2n-llm-", dir=model_dir))
+    try:
+        export_options = ExportOptions(
+            dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
+            dynamic_axes=dynamic_axes(n_layers), input_names=tuple(input_names(n_layers)),
+            output_names=tuple(output_names(n_layers)), check_io=options.check_io,
+            tgz_level=tgz_level)
+        exported = export_loaded(wrapper, args, staging / BUNDLE_NAME, export_options,
+                                 tokenizer=tokenizer)
+        timings.update(exported.timings)
+        modes = {}
+        if options.check_io:
+            t0 = time.perf_counter()
+            modes = _check_modes(wrapper, exported.path, ids, past, options.check_io)
+            timings["modes"] = time.perf_counter() - t0
+        os.replace(exported.path, bundle_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    exported.path = exported.bundle.path = bundle_path
+    if dump_tokenizer_and_conf:
+        model.config.to_json_file(model_dir / "config.json", use_diff=False)
+        tokenizer.save_pretrained(tokenizer_dir)
+    return LLMExportResult(bundle_path, export_dir, exported, modes, exported.input_names,
+                           exported.output_names, quantization, timings)
+
+
+def _prepared(model, dtype):
+    model.eval()
+    if dtype is not None:
+        return model.to({"f32": torch.float32, "f16": torch.float16}[dtype])
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if torch.bfloat16 in kinds:
+        raise OptionError("the model holds bfloat16 weights, which tract does not run",
+                          "pass dtype='f16' or dtype='f32'")
+    return model
+
+
+def _sample_ids(model, tokenizer, n: int) -> torch.Tensor:
+    """[1, n] token ids: the sample text through the tokenizer, or seeded random ids."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if tokenizer is not None:
+        ids = torch.as_tensor(tokenizer(SAMPLE_TEXT)["input_ids"], dtype=torch.long).reshape(-1)
+        ids = ids[ids < vocab]
+        if ids.numel():
+            return ids.repeat(-(-n // ids.numel()))[:n].reshape(1, n)
+    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
+
+
+def _prefill(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The past keys/values of ``ids``, one full (non-sliding) cache layer per model layer."""
+    cache = DynamicCache()
+    model(ids, past_key_values=cache, use_cache=True)
+    past = past_from_cache(cache)
+    if not past or any(t is None or t.dim() != 4 for t in past):
+        raise OptionError(f"{type(model).__name__} does not keep a [batch, heads, seq, dim] "
+                          "key/value cache per layer", "export_llm supports attention-only "
+                          "decoders (Llama, Qwen2, Mistral, Phi3, Gemma, GPT-2, ...)")
+    return past
+
+
+def _check_modes(wrapper: KVCacheLLM, bundle_path, ids, past, tolerance: str
+                ) -> dict[str, verify.Verification]:
+    """Run the bundle on a prompt with an empty cache (P = 0) and on the next single token
+    (S = 1, the prompt's cache from torch), compare with ``wrapper`` in torch."""
+    llm = LLMBundle(bundle_path)
+    names = llm.output_names
+    empty = [t[:, :, :0] for t in past]
+    prompt = (ids[:, :PROMPT_LEN], *empty)
+    with torch.no_grad():
+        expected_prompt = wrapper(*prompt)
+        decode = (ids[:, PROMPT_LEN:PROMPT_LEN + 1], *expected_prompt[1:])
+        expected_decode = wrapper(*decode)
+    modes = {}
+    for mode, inputs, expected in (("prompt", prompt, expected_prompt),
+                                   ("text_generation", decode, expected_decode)):
+        logits, cache = llm.step(inputs[0].numpy(), [t.numpy() for t in inputs[1:]])
+        modes[mode] = result = verify.compare([logits, *cache], [t.numpy() for t in expected],
+                                              names, tolerance)
+        log.info("%-10s %s (%s): %s", mode, "ok" if result.passed else "MISMATCH", tolerance,
+                 result.summary())
+        if not result.passed:
+            bad = [o for o in result.outputs if not o.passed]
+            raise VerificationError(
+                f"tract disagrees with torch in {mode} mode on {', '.join(o.name for o in bad)}:"
+                f" {bad[0].problem} (max abs diff {bad[0].max_abs:.3g})",
+                "nothing was written; try a looser check_io level or report the model",
+                verification=result)
+    return modes
