@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up t2n in a virtual environment (.venv): the CPU torch wheel first, so that no
+# dependency can pull a CUDA build, then t2n itself with its test and model extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e ".[test,models]"

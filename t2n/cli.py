@@ -1,0 +1,365 @@
+"""The t2n command line. The only module that prints, sets log levels or picks exit codes."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from t2n.errors import OptionError, T2NError
+
+log = logging.getLogger("t2n")
+
+_CONFIG_KEYS = {  # keys accepted in --config FILE.toml ([export] table or top level)
+    "model", "output", "task", "input_shape", "example_inputs", "dynamic_axes", "dtype",
+    "f32_attn", "f32_norm", "input_names", "output_names", "check_io", "no_verify",
+    "tract_binary", "dump_io", "overwrite", "compression", "compression_registry", "tgz_level",
+}
+
+
+def _setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("t2n: %(message)s" if not verbose
+                                           else "t2n %(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for noisy in ("transformers", "torch", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        import warnings
+        warnings.filterwarnings("ignore")
+
+
+def _fail(err: T2NError, verbose: int):
+    if verbose:
+        import traceback
+        traceback.print_exception(err)
+    click.echo(f"error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+def _run(ctx, fn, *args, **kwargs):
+    verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
+    try:
+        return fn(*args, **kwargs)
+    except T2NError as e:
+        _fail(e, verbose)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Debug logs and tracebacks.")
+@click.version_option(package_name="t2n")
+@click.pass_context
+def main(ctx, verbose):
+    """Export PyTorch models to NNEF bundles that tract runs, and prove it."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    _setup_logging(verbose)
+
+
+def _load_config(path, keys=None, table="export") -> dict:
+    keys = _CONFIG_KEYS if keys is None else keys
+    if path is None:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise OptionError(f"config file {path} does not exist", "check the path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise OptionError(f"config file {path} is not valid TOML: {e}", "fix the file") from None
+    data = data.get(table, data)
+    unknown = sorted(set(k.replace("-", "_") for k in data) - keys)
+    if unknown:
+        raise OptionError(f"config file {path} has unknown keys: {', '.join(unknown)}",
+                          f"use: {', '.join(sorted(keys))}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _merged(ctx, config: dict, name: str, value):
+    """A flag given on the command line wins over the config file."""
+    source = ctx.get_parameter_source(name)
+    if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        return value
+    return config.get(name, value)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.argument("output", required=False, type=click.Path(path_type=Path))
+@click.option("--task", help="transformers task choosing the Auto class (e.g. feature-extraction).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D,D,..[:dtype]",
+              help="Example input with random values; repeatable.")
+@click.option("--example-inputs", type=click.Path(path_type=Path),
+              help=".npz or .safetensors file of named example inputs.")
+@click.option("--dynamic-axes", "dynamic_axes", multiple=True, metavar="INPUT:AXIS=SYMBOL",
+              help="Make an input axis symbolic in tract, e.g. input_ids:1=S; repeatable.")
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), help="Float type of the bundle.")
+@click.option("--f32-attn", "f32_attn", is_flag=True, help="With f16: attention in f32.")
+@click.option("--f32-norm", "f32_norm", is_flag=True, help="With f16: norms in f32.")
+@click.option("--input-names", help="Comma-separated names for the graph inputs.")
+@click.option("--output-names", help="Comma-separated names for the graph outputs.")
+@click.option("--check-io", default=None,
+              type=click.Choice(["exact", "close", "approximate", "very", "super", "ultra"]),
+              help="Tolerance of the tract-vs-torch check [default: approximate; very for f16].")
+@click.option("--no-verify", is_flag=True, help="Do not run the bundle in tract.")
+@click.option("--tract-binary", type=click.Path(path_type=Path),
+              help="Verify with this tract command-line binary instead of the bindings.")
+@click.option("--dump-io", is_flag=True, help="Store example inputs/outputs for 't2n check'.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
+@click.option("--tgz-level", type=click.IntRange(0, 9), default=0, show_default=True,
+              help="gzip level of a .tgz bundle (0 stores: weights barely compress).")
+@click.option("-c", "--compression", help="Compression name (see 't2n compressions').")
+@click.option("--compression-registry", metavar="PKG.MOD:NAME",
+              help="Registry of compressions, by dotted path.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="TOML file with any of these options; flags override it.")
+@click.pass_context
+def export(ctx, config_file, **flags):
+    """Export MODEL (module.path:attr, Hugging Face folder or cached hub id) to OUTPUT.
+
+    OUTPUT is a directory, or a .tar / .tgz archive, chosen by its suffix.
+    """
+    _run(ctx, _export, ctx, config_file, flags)
+
+
+def _export(ctx, config_file, flags):
+    from t2n.load import load_model
+    from t2n.options import ExportOptions, parse_dynamic_axis
+    from t2n.pipeline import export_loaded
+
+    config = _load_config(config_file)
+    o = {k: _merged(ctx, config, k, v) for k, v in flags.items()}
+    if not o["model"] or not o["output"]:
+        raise OptionError("export needs MODEL and OUTPUT",
+                          "t2n export MODEL OUTPUT (or give them in --config)")
+    axes: dict = {}
+    dyn = o["dynamic_axes"]
+    for spec in ([dyn] if isinstance(dyn, str) else dyn or ()):
+        name, ax, sym = parse_dynamic_axis(spec)
+        axes.setdefault(name, {})[ax] = sym
+
+    def names(v):
+        return tuple(n.strip() for n in v.split(",")) if isinstance(v, str) else (
+            tuple(v) if v else None)
+    options = ExportOptions(
+        dtype=o["dtype"], f32_attention=bool(o["f32_attn"]), f32_norm=bool(o["f32_norm"]),
+        dynamic_axes=axes, input_names=names(o["input_names"]),
+        output_names=names(o["output_names"]),
+        check_io=None if o["no_verify"] else (
+            o["check_io"] or ("very" if o["dtype"] == "f16" else "approximate")),
+        tract_binary=str(o["tract_binary"]) if o["tract_binary"] else None,
+        dump_io=bool(o["dump_io"]), overwrite=bool(o["overwrite"]),
+        compression=o["compression"], compression_registry=o["compression_registry"],
+        tgz_level=int(o["tgz_level"]))
+    output = Path(o["output"])
+    if output.exists() and not options.overwrite:
+        raise OptionError(f"destination {output} already exists",
+                          "pass --overwrite or choose another path")
+    import time
+    t0 = time.perf_counter()
+    shapes = o["input_shape"]
+    loaded = load_model(o["model"], task=o["task"],
+                        input_shapes=[shapes] if isinstance(shapes, str) else shapes or (),
+                        example_inputs=o["example_inputs"])
+    log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model"],
+             type(loaded.module).__name__)
+    # the model is referenced only through `loaded`, so that release() can free it before
+    # tract loads its own copy of the weights for verification
+    result = export_loaded(loaded.module, loaded.args, output, options, kwargs=loaded.kwargs,
+                           tokenizer=loaded.tokenizer, progress=True,
+                           release=lambda: setattr(loaded, "module", None))
+    v = result.verification
+    verdict = "not verified" if v is None else (
+        f"verified in tract ({v.tolerance}), tract {v.tract_ms:.1f} ms")
+    click.echo(f"{result.path}: {result.bundle.nbytes / 1e6:.2f} MB, {verdict}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--check-io", default=None,
+              type=click.Choice(["exact", "close", "approximate", "very", "super", "ultra"]),
+              help="Tolerance (default: the one stored at export).")
+@click.option("--tract-binary", type=click.Path(path_type=Path),
+              help="Run with this tract command-line binary instead of the bindings.")
+@click.pass_context
+def check(ctx, bundle, check_io, tract_binary):
+    """Rerun the inputs stored in BUNDLE (exported with --dump-io) and compare outputs."""
+    from t2n.bundles import check_bundle
+    v = _run(ctx, check_bundle, bundle, check_io, str(tract_binary) if tract_binary else None)
+    for o in v.outputs:
+        click.echo(f"{o.name}: max_abs={o.max_abs:.3g} max_rel={o.max_rel:.3g} "
+                   f"cosine={o.cosine:.7f} {'ok' if o.passed else 'FAIL ' + o.problem}")
+    click.echo(f"{bundle}: {'ok' if v.passed else 'MISMATCH'} ({v.tolerance}), "
+               f"tract {v.tract_ms:.1f} ms")
+    if not v.passed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.pass_context
+def info(ctx, bundle):
+    """Inputs, outputs, op counts and tensor bytes of BUNDLE."""
+    from t2n.bundles import bundle_info
+    report = _run(ctx, bundle_info, bundle)
+    click.echo(report.text())
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print docs/ops.md.")
+def ops(markdown):
+    """List the ATen ops t2n translates, by family."""
+    from t2n.bundles import ops_table
+    click.echo(ops_table(markdown=markdown))
+
+
+@main.command()
+@click.option("--compression-registry", metavar="PKG.MOD:NAME", help="Registry to list.")
+@click.pass_context
+def compressions(ctx, compression_registry):
+    """List the compression names of the active registry."""
+    from t2n.compress import describe, load_registry
+    registry = _run(ctx, load_registry, compression_registry)
+    rows = describe(registry)
+    if not rows:
+        click.echo("(no compressions in this registry)")
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, doc in rows:
+        click.echo(f"{name:<{width}}  {doc}")
+
+
+
+
+# -- LLMs -------------------------------------------------------------------------------------
+_LLM_CONFIG_KEYS = {"model_slug", "export_dirpath", "dtype", "f32_attn", "f32_norm",
+                    "compression", "compression_registry", "dump_with_tokenizer_and_conf",
+                    "tract_check_io_tolerance", "no_verify", "overwrite", "num_logits_to_keep",
+                    "export_dir_struct"}
+_TOLERANCES = ["exact", "close", "approximate", "very", "super", "ultra"]
+
+
+def _llm_options(fn):
+    """The export-llm options; flag names also accept torch-to-nnef's spellings."""
+    options = [
+        click.option("-s", "--model-slug", "--model", "model_slug",
+                     help="Hub id in the local cache, Hugging Face folder, or .gguf file."),
+        click.option("-e", "--export-dirpath", "export_dirpath", type=click.Path(path_type=Path),
+                     help="Folder to write model/model.nnef.tgz (and tokenizer/) into."),
+        click.option("-dt", "--dtype", "--force-module-dtype", "dtype",
+                     type=click.Choice(["f32", "f16"]), help="Float type of the bundle."),
+        click.option("-f32-attn", "--f32-attn", "--force-f32-attention", "f32_attn",
+                     is_flag=True, help="With f16: attention in f32."),
+        click.option("-f32-norm", "--f32-norm", "--force-f32-normalization", "f32_norm",
+                     is_flag=True, help="With f16: norms in f32."),
+        click.option("-c", "--compression", "--compression-method", "compression",
+                     help="Compression name (see 't2n compressions')."),
+        click.option("--compression-registry", metavar="PKG.MOD:NAME",
+                     help="Registry of compressions, by dotted path."),
+        click.option("-dwtac", "--dump-with-tokenizer-and-conf", "dump_with_tokenizer_and_conf",
+                     is_flag=True, help="Write the tokenizer and config.json beside the bundle."),
+        click.option("-tt", "--tract-check-io-tolerance", "tract_check_io_tolerance",
+                     type=click.Choice(_TOLERANCES), default=None,
+                     help="Tolerance of the tract checks [default: approximate; very for f16]."),
+        click.option("-nv", "--no-verify", "no_verify", is_flag=True,
+                     help="Do not run the bundle in tract."),
+        click.option("--overwrite", "-iaed", "--ignore-already-exist-dir", "overwrite",
+                     is_flag=True, help="Replace an existing bundle."),
+        click.option("--num-logits-to-keep", type=int, default=1, show_default=True,
+                     help="Logits rows returned: 1 the last token, 0 every input token."),
+        click.option("--export-dir-struct", type=click.Choice(["deep", "flat"]), default="deep",
+                     show_default=True, help="deep: model/ and tokenizer/ sub-folders."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path),
+                     help="TOML file with any of these options; flags override it."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _export_llm(ctx, config_file, flags):
+    from t2n.llm import export_llm
+    from t2n.load import load_model
+    config = _load_config(config_file, _LLM_CONFIG_KEYS, table="export-llm")
+    o = {k: _merged(ctx, config, k, v) for k, v in flags.items()}
+    if not o["model_slug"] or not o["export_dirpath"]:
+        raise OptionError("export-llm needs a model and an export folder",
+                          "t2n export-llm -s MODEL -e EXPORT_DIR")
+    import time
+    t0 = time.perf_counter()
+    loaded = load_model(o["model_slug"])
+    log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
+             type(loaded.module).__name__)
+    tolerance = None if o["no_verify"] else (
+        o["tract_check_io_tolerance"] or ("very" if o["dtype"] == "f16" else "approximate"))
+    result = export_llm(loaded.module, loaded.tokenizer, o["export_dirpath"], dtype=o["dtype"],
+                        compression=o["compression"],
+                        compression_registry=o["compression_registry"],
+                        f32_attention=bool(o["f32_attn"]), f32_norm=bool(o["f32_norm"]),
+                        check_io=tolerance, overwrite=bool(o["overwrite"]),
+                        dump_tokenizer_and_conf=bool(o["dump_with_tokenizer_and_conf"]),
+                        num_logits_to_keep=int(o["num_logits_to_keep"]),
+                        export_dir_struct=o["export_dir_struct"])
+    size = result.path.stat().st_size / 1e6
+    verdict = "not verified" if tolerance is None else f"verified in tract ({tolerance})"
+    click.echo(f"{result.path}: {size:.2f} MB, {verdict}")
+
+
+@main.command("export-llm")
+@_llm_options
+@click.pass_context
+def export_llm_command(ctx, config_file, **flags):
+    """Export a causal LM with its KV cache as graph inputs/outputs (prefill and decode)."""
+    _run(ctx, _export_llm, ctx, config_file, flags)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Debug logs and tracebacks.")
+@_llm_options
+@click.pass_context
+def export_llm_main(ctx, verbose, config_file, **flags):
+    """t2n_export_llm_to_tract: `t2n export-llm` under torch-to-nnef's command name."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    _setup_logging(verbose)
+    _run(ctx, _export_llm, ctx, config_file, flags)
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("-n", "--max-new-tokens", default=32, show_default=True, type=int)
+@click.pass_context
+def generate(ctx, export_dir, prompt, max_new_tokens):
+    """Greedy decoding in tract with the bundle and tokenizer of EXPORT_DIR."""
+    from t2n.llm.cli_tools import generate_text
+    text, tokens, seconds = _run(ctx, generate_text, export_dir, prompt, max_new_tokens)
+    click.echo(text)
+    click.echo(f"{len(tokens)} tokens in {seconds:.2f} s: {len(tokens) / seconds:.1f} tokens/s",
+               err=True)
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--text", "text_file", required=True, type=click.Path(path_type=Path),
+              help="Text file to score.")
+@click.option("--window", default=256, show_default=True, type=int, help="Tokens per window.")
+@click.option("--windows", default=8, show_default=True, type=int, help="Number of windows.")
+@click.pass_context
+def perplexity(ctx, export_dir, text_file, window, windows):
+    """Perplexity of a text, computed by tract running the bundle of EXPORT_DIR."""
+    from t2n.llm.cli_tools import perplexity_of
+    value, n = _run(ctx, perplexity_of, export_dir, text_file, window, windows)
+    click.echo(f"perplexity {value:.4f} over {n} predicted tokens ({windows} windows of "
+               f"{window})")
+
+
+if __name__ == "__main__":
+    main()

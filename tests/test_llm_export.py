@@ -1,0 +1,162 @@
+"""export_llm: tiny random causal LMs exported with their KV cache, run step by step in tract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import DynamicCache
+
+from t2n import OptionError, VerificationError, WriteError, verify
+from t2n.llm import BUNDLE_NAME, LLMBundle, export_llm
+from t2n.llm.wrapper import past_from_cache
+from t2n.verify import load_tract_model
+
+COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+ARCHS = {
+    "llama_gqa_tied": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(tie_word_embeddings=True, **COMMON)),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=16, **COMMON)),
+    "mistral_sliding4": lambda: transformers.MistralForCausalLM(
+        transformers.MistralConfig(sliding_window=4, **COMMON)),
+    "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(**COMMON)),
+    "gemma": lambda: transformers.GemmaForCausalLM(transformers.GemmaConfig(head_dim=16, **COMMON)),
+    "gemma2_sliding4": lambda: transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(head_dim=16, sliding_window=4, **COMMON)),
+    "gemma3_sliding4": lambda: transformers.Gemma3ForCausalLM(
+        transformers.Gemma3TextConfig(head_dim=16, sliding_window=4, **COMMON)),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=256, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2)),
+}
+
+PROMPT = torch.tensor([[5, 17, 42, 99, 3]])          # 5 tokens
+NEXT = [torch.tensor([[7]]), torch.tensor([[250]])]  # two decode steps
+
+
+def _model(arch):
+    torch.manual_seed(0)
+    return ARCHS[arch]().eval()
+
+
+# Llama runs in the default suite; the other architectures with the slow (real-model) tests.
+@pytest.fixture(scope="module", params=[a if a.startswith("llama") else
+                                        pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
+def exported(request, tmp_path_factory):
+    model = _model(request.param)
+    result = export_llm(model, None, tmp_path_factory.mktemp(request.param))
+    return model, result
+
+
+def _torch_step(model, ids, cache, keep=1):
+    with torch.no_grad():
+        out = model(ids, past_key_values=cache, use_cache=True)
+    logits = out.logits[:, -keep:] if keep else out.logits
+    return [t.numpy().copy() for t in (logits, *past_from_cache(cache))]
+
+
+def _assert_close(got, expected, names, step):
+    result = verify.compare(got, expected, names, "approximate")
+    assert result.passed, f"{step}: {result.summary()}"
+
+
+def test_prefill_then_two_decode_steps_match_torch(exported):
+    model, result = exported
+    assert result.path == result.export_dir / "model" / BUNDLE_NAME and result.path.is_file()
+    assert all(v.passed for v in result.modes.values()) and set(result.modes) == {
+        "prompt", "text_generation"}
+    llm = LLMBundle(result.path)
+    cache, torch_cache = llm.empty_cache(), DynamicCache()
+    for step, ids in (("prefill P=0", PROMPT), ("decode P=5", NEXT[0]), ("decode P=6", NEXT[1])):
+        logits, cache = llm.step(ids.numpy(), cache)
+        expected = _torch_step(model, ids, torch_cache)
+        _assert_close([logits, *cache], expected, llm.output_names, step)
+    assert cache[0].shape[2] == 7
+
+
+def test_greedy_generation_matches_transformers(exported):
+    model, result = exported
+    model.generation_config.eos_token_id = None   # always 8 tokens
+    with torch.no_grad():
+        ref = model.generate(PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=8,
+                             do_sample=False)[0, PROMPT.shape[1]:].tolist()
+    assert LLMBundle(result.path).generate(PROMPT[0].tolist(), 8) == ref
+
+
+def test_io_contract(tmp_path):
+    model = _model("llama_gqa_tied")
+    result = export_llm(model, None, tmp_path / "llm", num_logits_to_keep=0)
+    names = ["in_cache_key_0", "in_cache_value_0", "in_cache_key_1", "in_cache_value_1"]
+    assert result.input_names == ["input_ids", *names]
+    assert result.output_names == ["outputs", *(n.replace("in_", "out_") for n in names)]
+    tract_model = load_tract_model(result.path)
+    facts = [str(tract_model.input_fact(i)) for i in range(5)]
+    assert facts == ["1,S,i64"] + ["1,2,P,16,f32"] * 4
+    facts = [str(tract_model.output_fact(i)) for i in range(5)]
+    assert facts == ["1,S,256,f32"] + ["1,2,P+S,16,f32"] * 4
+    # every position's logits, prefill then a 2-token step
+    llm = LLMBundle(result.path)
+    cache, torch_cache = llm.empty_cache(), DynamicCache()
+    for step, ids in (("prefill", PROMPT), ("2 tokens", torch.tensor([[9, 8]]))):
+        logits, cache = llm.step(ids.numpy(), cache)
+        _assert_close([logits, *cache], _torch_step(model, ids, torch_cache, keep=0),
+                      llm.output_names, step)
+
+
+def test_f16_bundle(tmp_path):
+    model = _model("llama_gqa_tied")
+    result = export_llm(model, None, tmp_path / "llm", dtype="f16", f32_norm=True,
+                        check_io="very")
+    llm = LLMBundle(result.path)
+    assert llm.empty_cache()[0].dtype == np.float16
+    logits, cache = llm.step(PROMPT.numpy(), llm.empty_cache())
+    assert logits.dtype == np.float16 and cache[0].shape == (1, 2, 5, 16)
+
+
+def test_q4_0_compression_checked_against_compressed_torch(tmp_path):
+    result = export_llm(_model("llama_gqa_tied"), None, tmp_path / "llm",
+                        compression="min_max_q4_0")
+    assert result.quantization and all(m.passed for m in result.modes.values())
+    assert "q4_0" in result.export.bundle.bytes_by_storage
+
+
+def test_flat_dir_with_tokenizer_and_config(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["<unk>", "A", "river", "carries", "water", "from", "the", "hills", "to", "sea,"]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    result = export_llm(_model("qwen2"), tokenizer, tmp_path / "llm", export_dir_struct="flat",
+                        dump_tokenizer_and_conf=True)
+    assert result.path == tmp_path / "llm" / BUNDLE_NAME
+    files = {p.name for p in (tmp_path / "llm").iterdir()}
+    assert {BUNDLE_NAME, "config.json", "tokenizer.json"} <= files
+    assert not any(name.startswith(".t2n-llm-") for name in files)
+
+
+def test_mismatch_leaves_nothing_behind(tmp_path):
+    with pytest.raises(VerificationError, match="tract disagrees"):
+        export_llm(_model("gpt2"), None, tmp_path / "llm", check_io="exact")
+    assert not (tmp_path / "llm").exists()
+
+
+def test_existing_bundle_is_refused_before_any_work(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / BUNDLE_NAME).write_bytes(b"")
+    with pytest.raises(WriteError, match="already exists"):
+        export_llm(_model("llama_gqa_tied"), None, tmp_path)
+
+
+def test_bad_options_are_refused(tmp_path):
+    model = _model("llama_gqa_tied")
+    with pytest.raises(OptionError, match="export_dir_struct"):
+        export_llm(model, None, tmp_path, export_dir_struct="wide")
+    with pytest.raises(OptionError, match="tokenizer"):
+        export_llm(model, None, tmp_path, dump_tokenizer_and_conf=True)
+    with pytest.raises(OptionError, match="num_logits_to_keep"):
+        export_llm(model, None, tmp_path, num_logits_to_keep=-1)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,161 @@
+"""The export API end to end: verification, errors, names, dtypes, dynamic axes, io dumps."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import t2n
+from t2n import verify
+from t2n.bundles import check_bundle
+from t2n.translate import TRANSLATORS, translates
+from helpers import Lambda, assert_bundle_matches, run_bundle
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def test_result_reports_diffs_and_timings(tmp_path):
+    result = t2n.export(MLP(), torch.randn(3, 16), tmp_path / "mlp")
+    assert result.verification.passed
+    (diff,) = result.diffs
+    assert diff.max_abs < 1e-5 and diff.cosine > 0.99999
+    assert {"trace", "translate", "write", "verify"} <= set(result.timings)
+    assert (result.path / "fc1.weight.dat").exists()  # labels come from parameter names
+
+
+def test_check_fails_on_perturbed_reference(tmp_path):
+    """The tract check is real: a reference off by 1e-3 fails under 'approximate'."""
+    x = torch.randn(3, 16)
+    result = t2n.export(MLP(), x, tmp_path / "mlp")
+    model_out = verify.run_tract(result.path, [x.numpy()])[0][0]
+    ok = verify.check(result.path, [x.numpy()], [model_out], ["y"], "approximate")
+    assert ok.passed
+    bad = verify.check(result.path, [x.numpy()], [model_out + 1e-3], ["y"], "approximate")
+    assert not bad.passed and bad.outputs[0].outliers > 0
+
+
+def test_mismatch_raises_and_publishes_nothing(tmp_path):
+    """A wrong translator (sin emitted as cos) is caught and nothing is written."""
+    target = torch.ops.aten.sin.default
+    saved = TRANSLATORS[target]
+
+    @translates(target, override=True)
+    def wrong_sin(ctx, self):
+        return ctx.op("cos", self)
+    try:
+        with pytest.raises(t2n.VerificationError, match="disagrees"):
+            t2n.export(Lambda(torch.sin), torch.randn(4, 4), tmp_path / "out")
+    finally:
+        TRANSLATORS[target] = saved
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_destination_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(t2n.WriteError, match="already exists"):
+        t2n.export(MLP(), torch.randn(3, 16), tmp_path / "out")
+    t2n.export(MLP(), torch.randn(3, 16), tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "graph.nnef").exists()
+
+
+def test_unsupported_ops_listed_together(tmp_path):
+    def fn(x):
+        return torch.linalg.inv(x) + torch.bucketize(x, torch.tensor([0.0, 1.0])) \
+            + torch.linalg.inv(x * 2)
+    with pytest.raises(t2n.UnsupportedOpsError) as err:
+        t2n.export(Lambda(fn), torch.randn(3, 3), tmp_path / "out")
+    message = str(err.value)
+    assert "2 ops have no NNEF translator" in message
+    assert "aten.linalg_inv.default (x2" in message and "aten.bucketize.Tensor (x1" in message
+    assert "helpers.py:21" in message  # where it comes from: the forward that called it
+    assert sorted(err.value.missing) == ["aten.bucketize.Tensor", "aten.linalg_inv.default"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_names_and_dynamic_axes(tmp_path):
+    model = Lambda(lambda a, b: (a * b, a + 1))
+    result = t2n.export(model, (torch.randn(2, 5), torch.randn(2, 5)), tmp_path / "b",
+                        input_names=["left", "right"], output_names=["prod", "inc"],
+                        dynamic_axes={"left": {0: "N"}, "right": {0: "N"}})
+    assert result.input_names == ["left", "right"] and result.output_names == ["prod", "inc"]
+    model_tract = verify.load_tract_model(result.path)
+    assert str(model_tract.input_fact(0)) == "N,5,f32"
+    a, b = np.random.rand(7, 5).astype(np.float32), np.random.rand(7, 5).astype(np.float32)
+    prod, inc = run_bundle(result.path, a, b)
+    np.testing.assert_allclose(prod, a * b, rtol=1e-6)
+    np.testing.assert_allclose(inc, a + 1, rtol=1e-6)
+
+
+def test_kwargs_and_dict_outputs(tmp_path):
+    class M(nn.Module):
+        def forward(self, x, scale):
+            return {"scaled": x * scale, "first": (x * scale)[..., :1]}
+    result = t2n.export(M(), (), tmp_path / "b", kwargs={"x": torch.randn(2, 3),
+                                                         "scale": torch.randn(3)})
+    assert result.output_names == ["scaled", "first"] and result.verification.passed
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"dtype": "bf16"}, "unknown dtype"),
+    ({"check_io": "loose"}, "unknown tolerance"),
+    ({"dynamic_axes": {"x": {1: "1S"}}}, "bad dynamic axes"),
+    ({"dynamic_axes": {"nope": {0: "S"}}}, "unknown input"),
+    ({"f32_norm": True}, "only apply to an f16 export"),
+    ({"compression": "nope"}, "unknown compression"),
+    ({"compression": "x", "compression_registry": "no_such_mod:REG"}, "cannot import"),
+], ids=["dtype", "tolerance", "axes", "axes_name", "f32_norm", "compression", "registry"])
+def test_bad_options(bad, match, tmp_path):
+    with pytest.raises(t2n.T2NError, match=match):
+        t2n.export(Lambda(torch.relu), (torch.randn(2, 3),), tmp_path / "out", **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_f16_export(tmp_path):
+    result = assert_bundle_matches(MLP(), (torch.randn(3, 16),), tmp_path, dtype="f16")
+    assert verify.load_tract_model(result.path).input_fact(0).__str__() == "3,16,f16"
+    assert (result.path / "fc1.weight.dat").stat().st_size == 128 + 32 * 16 * 2
+
+
+@pytest.mark.parametrize("suffix", [".tgz", ".tar", ""], ids=["tgz", "tar", "dir"])
+def test_dump_io_then_check(suffix, tmp_path):
+    result = t2n.export(MLP(), torch.randn(3, 16), tmp_path / f"b{suffix}", dump_io=True)
+    again = check_bundle(result.path)
+    assert again.passed and again.outputs[0].max_abs < 1e-5
+
+
+def test_custom_registry_function_runs(tmp_path, monkeypatch):
+    """A registry given by dotted path is imported and its function applied before export."""
+    mod = tmp_path / "my_reg.py"
+    mod.write_text(
+        "import torch\n"
+        "def halve(model, tokenizer, export_dirpath, local_dir):\n"
+        "    '''Halve every Linear weight.'''\n"
+        "    with torch.no_grad():\n"
+        "        for m in model.modules():\n"
+        "            if isinstance(m, torch.nn.Linear):\n"
+        "                m.weight.mul_(0.5)\n"
+        "    return model\n"
+        "REG = {'halve': halve}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = MLP()
+    w = model.fc1.weight.detach().clone()
+    result = t2n.export(model, torch.randn(2, 16), tmp_path / "b", compression="halve",
+                        compression_registry="my_reg:REG")
+    assert result.verification.passed
+    from t2n.nnef.dat import read_array
+    np.testing.assert_allclose(read_array(result.path / "fc1.weight.dat"), w.numpy() * 0.5)
+    props = (result.path / "graph.nnef").read_text()
+    assert '("t2n_compression", "halve")' in props
+
+
+def test_dynamic_axis_the_model_fixes_is_refused(tmp_path):
+    model = Lambda(lambda x: x.reshape(2, 30))  # only valid when axis 1 has size 6
+    with pytest.raises(t2n.TraceError, match="fixed axis 1 of input input_0 to 6"):
+        t2n.export(model, torch.randn(2, 6, 5), tmp_path / "b",
+                   dynamic_axes={"input_0": {1: "S"}})
