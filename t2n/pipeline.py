@@ -92,12 +92,13 @@ def _to_dtype(module: torch.nn.Module, args, kwargs, dtype: str | None):
 
 def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *,
                   kwargs=None, tokenizer=None, on_stage=None, progress=False,
-                  release=None) -> ExportResult:
+                  release=None, properties=None) -> ExportResult:
     """Export an already loaded module with example inputs ``args``/``kwargs`` to ``path``.
 
     ``release``, if given, is called once the bundle is written and torch is no longer needed:
     a caller that owns the only reference to the model drops it there, so that tract's copy of
-    the weights (verification) never sits in memory beside torch's.
+    the weights (verification) never sits in memory beside torch's. ``properties`` are added
+    to the bundle's properties fragment.
     """
     path = Path(path)
     stages = _Stages(on_stage)
@@ -158,6 +159,7 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                           dynamic_axes=options.dynamic_axes,
                           options=TranslateOptions(options.f32_attention, options.f32_norm))
         graph.properties.update(_properties(options))
+        graph.properties.update(properties or {})
     del program
 
     inputs = [t.detach().numpy() for t in list(args) + list(kwargs.values())]

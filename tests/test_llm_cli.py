@@ -80,6 +80,31 @@ def test_torch_to_nnef_command_name_and_flags(tiny_folder, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_export_llm_config_file_and_flag_override(tiny_folder, tmp_path):
+    """A CI export job's TOML file supplies the options; a flag on the command line wins."""
+    config = tmp_path / "export.toml"
+    config.write_text(f"""[export-llm]
+model_slug = "{tiny_folder}"
+export_dirpath = "{tmp_path / 'from_config'}"
+dtype = "f16"
+compression = "min_max_q4_0"
+export_dir_struct = "deep"
+""")
+    proc = run(BIN / "t2n", "export-llm", "--config", config, "--export-dir-struct", "flat")
+    assert proc.returncode == 0, proc.stderr
+    assert "verified in tract (very)" in proc.stdout  # f16's default tolerance
+    bundle = tmp_path / "from_config" / "model.nnef.tgz"  # flat: the flag beat the file
+    info = run(BIN / "t2n", "info", bundle)
+    assert info.returncode == 0, info.stderr
+    assert "q4_0 " in info.stdout and "t2n_dtype=f16" in info.stdout  # q4_0 bytes, f16
+    assert "t2n_compression=min_max_q4_0" in info.stdout
+
+    config.write_text('[export-llm]\nmodel_slug = "x"\nexport_dir = "y"\n')
+    bad = run(BIN / "t2n", "export-llm", "--config", config)
+    assert bad.returncode == 2
+    assert "unknown keys: export_dir" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_generate_errors(tmp_path):
     proc = run(BIN / "t2n", "generate", tmp_path, "--prompt", "hi")
     assert proc.returncode == 2 and "holds no model.nnef.tgz" in proc.stderr

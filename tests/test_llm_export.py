@@ -16,9 +16,15 @@ COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_at
               num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
               pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
 ARCHS = {
     "llama_gqa_tied": lambda: transformers.LlamaForCausalLM(
         transformers.LlamaConfig(tie_word_embeddings=True, **COMMON)),
+    # Llama 3's RoPE scaling (low frequencies divided by `factor`, a smooth band between)
+    "llama3_rope_scaling": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        rope_scaling=LLAMA3_ROPE, **COMMON)),
     "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),
     "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=16, **COMMON)),
     "mistral_sliding4": lambda: transformers.MistralForCausalLM(
@@ -85,6 +91,14 @@ def test_greedy_generation_matches_transformers(exported):
         ref = model.generate(PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=8,
                              do_sample=False)[0, PROMPT.shape[1]:].tolist()
     assert LLMBundle(result.path).generate(PROMPT[0].tolist(), 8) == ref
+
+
+def test_llama3_rope_scaling_changes_the_frequencies():
+    """The llama3_rope_scaling export above is a real test of the scaled RoPE: the scaled
+    frequencies differ from plain RoPE's in this configuration."""
+    scaled = _model("llama3_rope_scaling").model.rotary_emb.inv_freq
+    plain = _model("llama_gqa_tied").model.rotary_emb.inv_freq
+    assert scaled.shape == plain.shape and not torch.allclose(scaled, plain)
 
 
 def test_io_contract(tmp_path):

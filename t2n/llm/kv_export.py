@@ -137,7 +137,9 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
             dynamic_axes=dynamic_axes(n_layers), input_names=tuple(input_names(n_layers)),
             output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
         exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
-                                 tokenizer=tokenizer, release=_release)
+                                 tokenizer=tokenizer, release=_release,
+                                 properties={"t2n_compression": compression} if compression
+                                 else None)
         timings.update(exported.timings)
         modes = {}
         if options.check_io:
