@@ -57,6 +57,8 @@ class BundleInfo:
     ops: dict[str, int] = field(default_factory=dict)
     bytes_by_format: dict[str, int] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
+    # tensors tract holds in 8 bits (QU8/QI8) once loaded: name -> type
+    quantized: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
         lines = [f"bundle {self.path}"]
@@ -67,6 +69,10 @@ class BundleInfo:
         total = sum(self.bytes_by_format.values())
         lines.append(f"tensor bytes: {total:,} (" + ", ".join(
             f"{k} {v:,}" for k, v in sorted(self.bytes_by_format.items())) + ")")
+        if self.quantized:
+            kinds = Counter(t.split("(")[0] for t in self.quantized.values())
+            lines.append(f"8-bit in tract: {len(self.quantized)} tensors (" + ", ".join(
+                f"{k} x{v}" for k, v in sorted(kinds.items())) + ")")
         if self.properties:
             lines.append("properties: " + ", ".join(f"{k}={v}" for k, v in self.properties.items()))
         return "\n".join(lines)
@@ -100,6 +106,8 @@ def bundle_info(path) -> BundleInfo:
         shown = str(model.property(key))  # e.g. "Tensor(,String 0.23.9)"
         m = re.fullmatch(r"Tensor\(.*?,\s*\w+ (.*)\)", shown, flags=re.S)
         info.properties[key] = m.group(1) if m else shown
+    if read_member(path, "graph.quant") is not None:
+        info.quantized = tract_quantized_tensors(path, model)
     text = read_member(path, "graph.nnef").decode()
     body = text[text.index("graph "):]
     info.ops = dict(Counter(re.findall(r"=\s*([A-Za-z_]\w*)\s*[<(]", body)))
@@ -120,6 +128,45 @@ def bundle_info(path) -> BundleInfo:
     return info
 
 
+def tract_quantized_tensors(path, model=None) -> dict[str, str]:
+    """The tensors of graph.quant as tract types them once the bundle is loaded: a copy of
+    the bundle whose outputs are those tensors is loaded, and tract's output facts read
+    (e.g. ``qu8(z:111 s:0.0236)``). Returns name -> fact type, upper-cased (``QU8(...)``)."""
+    import shutil
+    import tempfile
+    path = _open(path)
+    quant = read_member(path, "graph.quant")
+    if quant is None:
+        return {}
+    names = re.findall(r'^\s*"([^"]+)"\s*:', quant.decode(), flags=re.M)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp, "bundle")
+        if path.is_dir():
+            copy.mkdir()
+            for item in path.iterdir():
+                (copy / item.name).symlink_to(item.resolve())
+        else:
+            with tarfile.open(path) as tar:
+                tar.extractall(copy, filter="data")
+        text = (copy / "graph.nnef").read_text()
+        (copy / "graph.nnef").unlink()
+        text = re.sub(r"(graph\s+\w+\s*\([^)]*\)\s*->\s*)\(([^)]*)\)",
+                      lambda m: m.group(1) + "(" + ", ".join(names) + ")", text, count=1)
+        (copy / "graph.nnef").write_text(text)
+        loaded = verify.load_tract_model(copy)
+        facts = {loaded.output_name(i): str(loaded.output_fact(i))
+                 for i in range(loaded.output_count())}
+        shutil.rmtree(copy, ignore_errors=True)
+    out = {}
+    for name in names:
+        fact = facts.get(name, "")
+        m = re.search(r"(q[iu]\d+\(.*\))", fact, flags=re.I)
+        if m:
+            kind, rest = m.group(1).split("(", 1)
+            out[name] = kind.upper() + "(" + rest
+    return out
+
+
 def check_bundle(path, tolerance: str | None = None, binary: str | None = None):
     """Rerun the stored example inputs (``--dump-io``) and compare with the stored outputs."""
     from t2n.pipeline import IO_FILE, META_FILE
@@ -133,7 +180,8 @@ def check_bundle(path, tolerance: str | None = None, binary: str | None = None):
         inputs = [data[n] for n in meta["inputs"]]
         outputs = [data[n] for n in meta["outputs"]]
     return verify.check(path, inputs, outputs, meta["outputs"],
-                        tolerance or meta.get("tolerance", "approximate"), binary=binary)
+                        tolerance or meta.get("tolerance", "approximate"), binary=binary,
+                        steps=meta.get("output_steps"))
 
 
 def ops_table(markdown: bool = False) -> str:

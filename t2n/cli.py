@@ -15,6 +15,7 @@ _CONFIG_KEYS = {  # keys accepted in --config FILE.toml ([export] table or top l
     "model", "output", "task", "input_shape", "example_inputs", "dynamic_axes", "dtype",
     "f32_attn", "f32_norm", "input_names", "output_names", "check_io", "no_verify",
     "tract_binary", "dump_io", "overwrite", "compression", "compression_registry", "tgz_level",
+    "calibration_data", "calibration_samples", "observer",
 }
 
 
@@ -119,6 +120,13 @@ def _merged(ctx, config: dict, name: str, value):
 @click.option("-c", "--compression", help="Compression name (see 't2n compressions').")
 @click.option("--compression-registry", metavar="PKG.MOD:NAME",
               help="Registry of compressions, by dotted path.")
+@click.option("--calibration-data", type=click.Path(path_type=Path),
+              help="Inputs for calibrated compressions (ptq_int8): .npz/.safetensors with a "
+                   "sample axis first, or a text file (one sample per line).")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=128,
+              show_default=True, help="Calibration samples used at most.")
+@click.option("--observer", type=click.Choice(["minmax", "percentile"]), default="minmax",
+              show_default=True, help="How ptq_int8 turns observed values into ranges.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file with any of these options; flags override it.")
 @click.pass_context
@@ -158,7 +166,8 @@ def _export(ctx, config_file, flags):
         tract_binary=str(o["tract_binary"]) if o["tract_binary"] else None,
         dump_io=bool(o["dump_io"]), overwrite=bool(o["overwrite"]),
         compression=o["compression"], compression_registry=o["compression_registry"],
-        tgz_level=int(o["tgz_level"]))
+        tgz_level=int(o["tgz_level"]), calibration_data=o["calibration_data"],
+        calibration_samples=int(o["calibration_samples"]), observer=o["observer"])
     output = Path(o["output"])
     if output.exists() and not options.overwrite:
         raise OptionError(f"destination {output} already exists",

@@ -27,6 +27,10 @@ class ExportOptions:
     compression: str | None = None
     compression_registry: str | None = None
     tgz_level: int = 0                       # gzip level of a .tgz bundle (0: stored)
+    # calibration of compressions that observe activations (ptq_int8): a file or samples
+    calibration_data: object = None
+    calibration_samples: int = 128
+    observer: str = "minmax"
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -48,6 +52,15 @@ class ExportOptions:
                                   "give {axis (int): symbol name (identifier)}, e.g. {1: 'S'}")
         if not (isinstance(self.tgz_level, int) and 0 <= self.tgz_level <= 9):
             raise OptionError(f"bad tgz level {self.tgz_level!r}", "use 0 (no compression) to 9")
+        if self.calibration_data is not None and not self.compression:
+            raise OptionError("--calibration-data given without --compression",
+                              "add -c ptq_int8 (or another calibrated compression)")
+        if self.observer not in ("minmax", "percentile"):
+            raise OptionError(f"unknown observer {self.observer!r}",
+                              "use one of: minmax, percentile")
+        if not (isinstance(self.calibration_samples, int) and self.calibration_samples >= 1):
+            raise OptionError(f"bad calibration sample count {self.calibration_samples!r}",
+                              "give a count of 1 or more")
         if self.compression_registry and not self.compression:
             raise OptionError("--compression-registry given without --compression",
                               "add -c NAME (see 't2n compressions')")

@@ -18,6 +18,7 @@ from t2n import __version__, compress, trace as trace_mod, verify
 from t2n.errors import OptionError, VerificationError, WriteError
 from t2n.nnef import bundle as bundle_mod
 from t2n.options import ExportOptions
+from t2n.quant import int8
 from t2n.translate import Options as TranslateOptions, translate
 
 __all__ = ["ExportResult", "export", "export_loaded", "free_memory", "IO_FILE"]
@@ -127,6 +128,12 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
     float_outputs = None
     if options.compression:
         compress.load_registry(options.compression_registry)  # fail fast on a bad registry
+        calibration = None
+        if options.calibration_data is not None:
+            from t2n.compress.ptq import calibration_from
+            calibration = calibration_from(
+                options.calibration_data, samples=options.calibration_samples,
+                observer=options.observer, args=args, kwargs=kwargs, tokenizer=tokenizer)
         with torch.no_grad():
             float_outputs = [t.detach().numpy() for t in
                              _flatten_outputs(module(*args, **kwargs))[0]]
@@ -134,11 +141,21 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
             module = compress.apply(module, options.compression,
                                     registry_path=options.compression_registry,
                                     tokenizer=tokenizer, export_dirpath=path,
-                                    local_dir=None)
+                                    local_dir=None, calibration=calibration)
+
+    eager_reference = None
+    if int8.is_eager_quantized(module):
+        # torch.export cannot capture packed quantized modules: trace a float rewrite with
+        # fake quantization, check tract against the quantized model itself
+        with torch.no_grad():
+            eager_reference = _flatten_outputs(module(*args, **kwargs))
+        with stages("rewrite", "torch.ao quantized modules as 8-bit fake quantization"):
+            module = int8.from_eager(module)
 
     with stages("reference", "torch forward on the example inputs"):
         with torch.no_grad():
-            ref_tensors, ref_names = _flatten_outputs(module(*args, **kwargs))
+            ref_tensors, ref_names = eager_reference or _flatten_outputs(
+                module(*args, **kwargs))
     out_names = list(options.output_names) if options.output_names else ref_names
     quantization = None
     if float_outputs is not None:
@@ -174,6 +191,7 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         with stages("write", lambda: f"{bundle.nbytes / 1e6:.1f} MB in {len(bundle.files)} files"):
             bundle = _write(graph, folder, extra, progress)
         output_names = list(graph.outputs)
+        output_steps = dict(graph.output_steps)
         del graph, module, args, kwargs, ref_tensors
         if release is not None:
             release()
@@ -185,7 +203,8 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                         f"{result_v.summary()}"):
                 # tract reads the staged folder; a .tar/.tgz is packed from the same files
                 result_v = verify.check(folder, inputs, expected, output_names,
-                                        options.check_io, binary=options.tract_binary)
+                                        options.check_io, binary=options.tract_binary,
+                                        steps=output_steps)
             if not result_v.passed:
                 bad = [o for o in result_v.outputs if not o.passed]
                 raise VerificationError(
@@ -253,6 +272,7 @@ def _io_files(graph, inputs, expected, options) -> dict[str, bytes]:
     arrays.update({n: a for n, a in zip(graph.outputs, expected)})
     np.savez(buf, **arrays)
     meta = {"inputs": [i.name for i in graph.inputs], "outputs": list(graph.outputs),
+            "output_steps": dict(graph.output_steps),
             "tolerance": options.check_io or "approximate", "t2n_version": __version__}
     return {IO_FILE: buf.getvalue(), META_FILE: json.dumps(meta, indent=1).encode()}
 
@@ -261,11 +281,16 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
            output_names=None, dynamic_axes=None, dtype=None, compression=None,
            compression_registry=None, check_io="approximate", overwrite: bool = False,
            dump_io: bool = False, tract_binary: str | None = None, f32_attention: bool = False,
-           f32_norm: bool = False, tgz_level: int = 0) -> ExportResult:
+           f32_norm: bool = False, tgz_level: int = 0, calibration_data=None,
+           calibration_samples: int = 128, observer: str = "minmax") -> ExportResult:
     """Export ``model`` called on ``args`` (a tensor or a tuple) to an NNEF bundle at ``path``.
 
     ``check_io`` names the tolerance (exact, close, approximate, very, super, ultra) or is
     None/False to skip running the bundle in tract. Raises subclasses of T2NError.
+
+    ``calibration_data`` (for ``compression="ptq_int8"``): an .npz/.safetensors file, a text
+    file (models with a tokenizer) or a list of input samples; see t2n.compress.ptq.
+    A model converted by ``torch.ao.quantization`` (eager mode) is exported as an 8-bit graph.
     """
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"model is a {type(model).__name__}, not a torch.nn.Module",
@@ -277,5 +302,6 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
         output_names=tuple(output_names) if output_names else None,
         check_io=check_io or None, tract_binary=tract_binary, dump_io=dump_io,
         overwrite=overwrite, compression=compression, compression_registry=compression_registry,
-        tgz_level=tgz_level)
+        tgz_level=tgz_level, calibration_data=calibration_data,
+        calibration_samples=calibration_samples, observer=observer)
     return export_loaded(model, args, path, options, kwargs=kwargs)

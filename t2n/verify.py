@@ -146,22 +146,35 @@ def _run_binary(path, inputs, binary):
 
 
 def compare(got: list[np.ndarray], expected: list[np.ndarray], names: list[str],
-            tolerance: str = "approximate") -> Verification:
-    """Compare tract outputs with torch's under a named tolerance."""
+            tolerance: str = "approximate", steps: dict | None = None) -> Verification:
+    """Compare tract outputs with torch's under a named tolerance.
+
+    ``steps`` maps an output name to its quantization step (the scale of an 8-bit output
+    dequantized at the end): that output's absolute tolerance is at least one step, as tract's
+    own approximate check of quantized types (atol = scale). A value ``(step, fraction)``
+    also lets that fraction of the values go beyond it (float outputs of 8-bit graphs, where
+    torch's float and tract's integer arithmetic can round a value to neighbouring levels).
+    """
     result = Verification(tolerance)
     for name, a, b in zip(names, got, expected):
-        result.outputs.append(_diff(name, np.asarray(a), np.asarray(b), tolerance))
+        result.outputs.append(_diff(name, np.asarray(a), np.asarray(b), tolerance,
+                                    (steps or {}).get(name, 0.0)))
     if len(got) != len(expected):
         result.outputs.append(OutputDiff("<count>", (), float("inf"), float("inf"), 0.0, 0, False,
                                          f"tract gave {len(got)} outputs, torch {len(expected)}"))
     return result
 
 
-def _diff(name, a, b, tolerance) -> OutputDiff:
+def _diff(name, a, b, tolerance, step=0.0) -> OutputDiff:
     if a.shape != b.shape:
         return OutputDiff(name, b.shape, float("inf"), float("inf"), 0.0, b.size, False,
                           f"shape {a.shape} != torch {b.shape}")
     atol, rtol, outlier_frac = tolerance_for(tolerance, b.dtype if b.dtype.kind == "f" else a.dtype)
+    step, flips = step if isinstance(step, (tuple, list)) else (step, 0.0)
+    if step:
+        # one quantization step, and a little float slack for the dequantize arithmetic
+        atol = max(atol, step * (1 + 1e-3))
+        outlier_frac = max(outlier_frac, flips)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         return _diff_values(name, a, b, atol, rtol, outlier_frac)
 
@@ -186,11 +199,13 @@ def _diff_values(name, a, b, atol, rtol, outlier_frac) -> OutputDiff:
 
 
 def check(path, inputs: list[np.ndarray], expected: list[np.ndarray], names: list[str],
-          tolerance: str = "approximate", *, binary: str | None = None) -> Verification:
-    """Run the bundle in tract on ``inputs`` and compare with ``expected`` (torch's outputs)."""
+          tolerance: str = "approximate", *, binary: str | None = None,
+          steps: dict | None = None) -> Verification:
+    """Run the bundle in tract on ``inputs`` and compare with ``expected`` (torch's outputs);
+    ``steps``: quantization steps of 8-bit outputs (see :func:`compare`)."""
     tolerance_for(tolerance, np.float32)
     got, ms = run_tract(path, inputs, binary=binary)
-    result = compare(got, expected, names, tolerance)
+    result = compare(got, expected, names, tolerance, steps)
     result.tract_ms = ms
     result.runner = binary or "tract bindings"
     return result

@@ -61,14 +61,20 @@ def describe(registry: Mapping) -> list[tuple[str, str]]:
 
 
 def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
-          export_dirpath=None, local_dir=None):
-    """Run compression ``name`` on ``model``; returns the compressed model."""
+          export_dirpath=None, local_dir=None, calibration=None):
+    """Run compression ``name`` on ``model``; returns the compressed model.
+
+    ``calibration`` (t2n.compress.ptq.Calibration: representative inputs and the observer) is
+    passed as the keyword ``calibration`` to functions that declare it or take ``**kwargs``.
+    """
     registry = load_registry(registry_path)
     fn = resolve(name, registry, registry_path)
+    extra = {"calibration": calibration} if calibration is not None and _takes(
+        fn, "calibration") else {}
     try:
         # keywords, as torch-to-nnef calls them: registries written as fn(model, **kwargs) work
         result = fn(model, tokenizer=tokenizer, export_dirpath=export_dirpath,
-                    local_dir=local_dir)
+                    local_dir=local_dir, **extra)
     except CompressionError:
         raise
     except Exception as e:
@@ -77,3 +83,12 @@ def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
     if result is None:
         result = model  # functions that change the model in place
     return result
+
+
+def _takes(fn, keyword: str) -> bool:
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)

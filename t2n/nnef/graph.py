@@ -89,6 +89,10 @@ class Graph:
     fragments: list[str] = field(default_factory=list)  # names of t2n/nnef/fragments/*.nnef
     properties: dict[str, Any] = field(default_factory=dict)
     quant: dict[str, str] = field(default_factory=dict)  # tensor name -> graph.quant expression
+    # outputs dequantized from 8-bit tensors: name -> quantization step (scale)
+    output_steps: dict[str, float] = field(default_factory=dict)
+    # scales of the activations quantized from float (8-bit graphs)
+    activation_steps: list[float] = field(default_factory=list)
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -19,6 +19,8 @@ class Value(Ref):
 
     shape: tuple | None = None
     dtype: str | None = None
+    # 8-bit per-tensor quantized values (dtype u8/i8): (scale, zero_point); graph.quant has it
+    quant: tuple | None = None
 
     @property
     def rank(self) -> int:
@@ -49,6 +51,12 @@ class Ctx:
         self.out: Any = None      # its output meta: Value-like shape/dtype (or a tuple of them)
         self._names: dict[str, int] = {}
         self._consts: dict[tuple, Value] = {}
+        self.out_quant = None     # (scale, zero_point, dtype) when the node's output is 8-bit
+        self._dequantized: dict[str, Value] = {}
+        # names inside tract's stdlib fragments: a graph.quant entry under one of them would
+        # also apply inside every fragment (linear, relu, pools), so no tensor gets them
+        for name in _FRAGMENT_INTERNAL_NAMES:
+            self.reserve(name)
 
     # -- names ---------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -103,6 +111,30 @@ class Ctx:
             return v
         return self.op("tract_core_cast", v, to=dtype, shape=v.shape, dtype=dtype,
                        name=f"{v.name}_{dtype}")
+
+    # -- 8-bit quantized values ------------------------------------------------------------
+    def quantized(self, v: Value, quant: tuple) -> Value:
+        """``v`` declared as 8-bit in graph.quant: ``quant`` is (scale, zero_point, dtype)."""
+        scale, zero_point, dtype = quant
+        if v.name in _FRAGMENT_INTERNAL_NAMES or v.name in ("output", "input", "x"):
+            raise TranslationError(f"internal: 8-bit tensor named {v.name!r}",
+                                   "report this as a t2n bug")
+        signed = dtype == "i8"
+        self.graph.quant[v.name] = (
+            f"zero_point_linear_quantize(zero_point = {int(zero_point)}, scale = "
+            f"{float(scale)!r}, bits = 8, signed = {'true' if signed else 'false'}, "
+            f"symmetric = {'true' if zero_point == 0 else 'false'})")
+        return Value(v.name, v.shape, dtype, (float(scale), int(zero_point)))
+
+    def dequantize(self, v: Value, dtype: str = "f32") -> Value:
+        """A float copy of a quantized value (one cast, shared by its float readers)."""
+        if v.quant is None:
+            return v
+        key = f"{v.name}:{dtype}"
+        if key not in self._dequantized:
+            self._dequantized[key] = self.op("tract_core_cast", v, to=dtype, shape=v.shape,
+                                             dtype=dtype, name=f"{v.name}_{dtype}")
+        return self._dequantized[key]
 
     def scalar(self, value, dtype: str) -> Value:
         """A rank-0 constant of ``dtype`` (an NNEF literal, cast when it is not f32)."""
@@ -176,6 +208,9 @@ class Ctx:
 
     def registry(self, name: str) -> None:
         self.graph.registries.add(name)
+
+
+_FRAGMENT_INTERNAL_NAMES = ("y", "z", "index")
 
 
 def _literal_name(value: float) -> str:

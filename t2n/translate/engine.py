@@ -14,6 +14,7 @@ from t2n.errors import TranslationError, UnsupportedOpsError
 from t2n.nnef.graph import Dim, Graph, Input, Operation, Ref
 from t2n.quant import storage_of
 from t2n.translate.context import Ctx, Options, Value
+from t2n.translate.families.quantize import QUANT_META, plan_quantization
 from t2n.translate.registry import lookup, op_name
 
 __all__ = ["translate", "torch_dtype_name", "missing_ops", "node_location"]
@@ -237,6 +238,7 @@ def translate(program: ExportedProgram, *, input_names: list[str] | None = None,
             env[node] = ctx.variable(name, target, tuple(tensor.shape), dtype,
                                      _lazy_numpy(tensor))
 
+    plan_quantization(program.graph)
     outputs = _run_graph(ctx, program.graph_module, program.graph, env, dims)
     _set_outputs(ctx, outputs, output_names)
     _prune(graph)
@@ -277,8 +279,11 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
         translator = lookup(node.target)
         ctx.node = node
         ctx.out = _meta_value(node.meta.get("val"), dims)
+        ctx.out_quant = node.meta.get(QUANT_META)
         args = _resolve(node.args, env)
         kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
+        if not translator.quantized:
+            args, kwargs = _dequantized(ctx, args), _dequantized(ctx, kwargs)
         try:
             env[node] = translator.fn(ctx, *args, **kwargs)
             if _mutates_first_argument(node.target) and isinstance(node.args[0], torch.fx.Node):
@@ -288,6 +293,17 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
             raise TranslationError(f"{op_name(node.target)}{' in ' + where if where else ''}: "
                                    f"{e.message}", e.hint) from e
     return outputs
+
+
+def _dequantized(ctx: Ctx, value):
+    """``value`` with every 8-bit Value replaced by its float copy."""
+    if isinstance(value, Value):
+        return ctx.dequantize(value) if value.quant is not None else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_dequantized(ctx, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _dequantized(ctx, v) for k, v in value.items()}
+    return value
 
 
 def _mutates_first_argument(target) -> bool:
@@ -322,6 +338,11 @@ def _resolve(arg, env):
     return arg
 
 
+# float outputs of 8-bit graphs: share of values allowed beyond one step of the coarsest
+# activation (values that torch's and tract's arithmetic round to neighbouring levels)
+FLIP_FRACTION = 0.01
+
+
 def _set_outputs(ctx: Ctx, values: list, names: list[str] | None) -> None:
     """Name the graph outputs: the producing op's result is renamed when it can be, so that
     tract reports the outputs under these names; otherwise a copy is emitted."""
@@ -336,6 +357,16 @@ def _set_outputs(ctx: Ctx, values: list, names: list[str] | None) -> None:
             raise TranslationError(f"output {i} is not a tensor ({value!r})",
                                    "return only tensors from forward()")
         name = ctx.fresh(_identifier(names[i]) if names else f"output_{i}")
+        if value.quant is not None:  # graph outputs are float, as torch's
+            graph.output_steps[name] = value.quant[0]
+            value = ctx.dequantize(value)
+            if value.name not in produced:  # the cast was just emitted
+                produced[value.name] = graph.operations[-1]
+        elif graph.activation_steps:
+            # a float output computed from 8-bit activations: torch's float arithmetic and
+            # tract's integer one may round a value near a level boundary to neighbouring
+            # levels, so the output may move by what one level of the coarsest input moves
+            graph.output_steps[name] = (max(graph.activation_steps), FLIP_FRACTION)
         if value.name in produced and value.name not in renames:
             renames[value.name] = name
         else:
@@ -377,3 +408,4 @@ def _prune(graph: Graph) -> None:
             _refs(list(op.attrs.values()), live)
     graph.operations = kept[::-1]
     graph.variables = [v for v in graph.variables if v.name in live]
+    graph.quant = {k: v for k, v in graph.quant.items() if k in live}

@@ -20,6 +20,8 @@ class Translator:
     target: object
     fn: Callable
     family: str
+    # receives 8-bit values as they are; other translators get them dequantized to float
+    quantized: bool = False
 
     @property
     def name(self) -> str:
@@ -41,8 +43,11 @@ def op_name(target) -> str:
     return f"{module.replace('_operator', 'operator')}.{getattr(target, '__name__', target)}"
 
 
-def translates(*targets, override: bool = False):
-    """Register the decorated function as the translator of each of ``targets``."""
+def translates(*targets, override: bool = False, quantized: bool = False):
+    """Register the decorated function as the translator of each of ``targets``.
+
+    ``quantized``: the function handles 8-bit inputs (Value.quant) itself; without it, t2n
+    hands it float values (dequantized by a cast), so every op works on 8-bit graphs."""
 
     def register(fn):
         family = fn.__module__.rsplit(".", 1)[-1]
@@ -50,7 +55,7 @@ def translates(*targets, override: bool = False):
             if target in TRANSLATORS and not override:
                 raise RuntimeError(f"{op_name(target)} already has a translator "
                                    f"({TRANSLATORS[target].fn.__module__}); pass override=True")
-            TRANSLATORS[target] = Translator(target, fn, family)
+            TRANSLATORS[target] = Translator(target, fn, family, quantized)
         return fn
 
     return register

@@ -9,6 +9,7 @@ from t2n.translate.families import (  # noqa: F401
     linalg,
     norm,
     pool,
+    quantize,
     reduce,
     rnn,
     shape,
