@@ -237,8 +237,9 @@ def _gguf_model(path: Path):
 
 
 def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_inputs=None,
-               ) -> Loaded:
-    """Load ``spec``: ``module.path:attr``, a Hugging Face folder, or a cached hub id."""
+               need_inputs: bool = True) -> Loaded:
+    """Load ``spec``: ``module.path:attr``, a Hugging Face folder, or a cached hub id.
+    ``need_inputs=False``: the caller makes its own example inputs (export-llm)."""
     specs = [parse_input_shape(s) if isinstance(s, str) else s for s in input_shapes]
     path = Path(spec)
     tokenizer = folder = config = None
@@ -273,7 +274,7 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
         enc = tokenizer([SAMPLE_SENTENCE], return_tensors="pt")
         params = _forward_params(module)
         named = {k: v for k, v in enc.items() if k in params}
-    if not named:
+    if not named and need_inputs:
         raise LoadError(f"model {spec} needs example inputs",
                         "pass --input-shape NAME=1,3,224,224 or --example-inputs FILE")
     params = _forward_params(module)

@@ -92,7 +92,7 @@ export_dir_struct = "deep"
 """)
     proc = run(BIN / "t2n", "export-llm", "--config", config, "--export-dir-struct", "flat")
     assert proc.returncode == 0, proc.stderr
-    assert "verified in tract (very)" in proc.stdout  # f16's default tolerance
+    assert "verified in tract (super)" in proc.stdout  # default for f16 with 4-bit weights
     bundle = tmp_path / "from_config" / "model.nnef.tgz"  # flat: the flag beat the file
     info = run(BIN / "t2n", "info", bundle)
     assert info.returncode == 0, info.stderr
@@ -103,6 +103,17 @@ export_dir_struct = "deep"
     bad = run(BIN / "t2n", "export-llm", "--config", config)
     assert bad.returncode == 2
     assert "unknown keys: export_dir" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_export_llm_folder_without_tokenizer(tmp_path):
+    """A model folder alone (random example tokens): what a benchmark or a fresh checkpoint has."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "bare")
+    proc = run(BIN / "t2n", "export-llm", "-s", tmp_path / "bare", "-e", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model" / "model.nnef.tgz").is_file()
 
 
 def test_generate_errors(tmp_path):
