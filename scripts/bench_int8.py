@@ -705,10 +705,10 @@ def render(lat: list, sweep: list, mini: dict | None, cnn: dict | None,
             f"pool 2, conv 16→32, ReLU, global average pool, linear 32→10), trained with Adam "
             f"(lr 3e-3, batch 64) for {cnn['epochs']} epochs in {cnn['train_s']:.0f} s "
             f"(training-set accuracy {cnn['train_acc']:.3f}). Calibration: the first "
-            f"{CALIB_SAMPLES} training "
-            f"images, one per sample, for ptq_int8 and torch.ao alike. Bundles have a dynamic "
-            f"batch axis and run the test set in batches of 250. Agreement = share of test "
-            f"images whose top-1 class equals the float torch model's.")
+            f"{CALIB_SAMPLES} training images, one per sample, for ptq_int8 and torch.ao alike. "
+            f"Bundles have a dynamic batch axis and run the test set in batches of 250. "
+            f"Agreement = share of test images whose top-1 class equals the float torch "
+            f"model's.")
         add("")
         add("| model | runs in | test accuracy | top-1 agreement with float | bytes |")
         add("|---|---|---:|---:|---:|")

@@ -282,7 +282,8 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
            compression_registry=None, check_io="approximate", overwrite: bool = False,
            dump_io: bool = False, tract_binary: str | None = None, f32_attention: bool = False,
            f32_norm: bool = False, tgz_level: int = 0, calibration_data=None,
-           calibration_samples: int = 128, observer: str = "minmax") -> ExportResult:
+           calibration_samples: int = 128, observer: str = "minmax",
+           tokenizer=None) -> ExportResult:
     """Export ``model`` called on ``args`` (a tensor or a tuple) to an NNEF bundle at ``path``.
 
     ``check_io`` names the tolerance (exact, close, approximate, very, super, ultra) or is
@@ -291,6 +292,9 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
     ``calibration_data`` (for ``compression="ptq_int8"``): an .npz/.safetensors file, a text
     file (models with a tokenizer) or a list of input samples; see t2n.compress.ptq.
     A model converted by ``torch.ao.quantization`` (eager mode) is exported as an 8-bit graph.
+    ``tokenizer`` is handed to compression functions and reads a text calibration file.
+    A compression changes ``model`` in place (as registry functions do): pass a copy to keep
+    the float model.
     """
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"model is a {type(model).__name__}, not a torch.nn.Module",
@@ -304,4 +308,4 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
         overwrite=overwrite, compression=compression, compression_registry=compression_registry,
         tgz_level=tgz_level, calibration_data=calibration_data,
         calibration_samples=calibration_samples, observer=observer)
-    return export_loaded(model, args, path, options, kwargs=kwargs)
+    return export_loaded(model, args, path, options, kwargs=kwargs, tokenizer=tokenizer)
