@@ -134,10 +134,14 @@ def import_tract():
     return tract
 
 
-def bench_env() -> dict:
-    """Environment of every child process: offline Hugging Face, quiet tokenizers."""
-    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                TOKENIZERS_PARALLELISM="false")
+def bench_env(threads: int = 0) -> dict:
+    """Environment of every child process: offline Hugging Face, quiet tokenizers, and with
+    ``threads`` > 0 that many OpenMP/MKL threads."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
 
 
 def python_of_script(script: Path) -> str | None:

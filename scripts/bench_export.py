@@ -444,9 +444,7 @@ def main() -> int:
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    env = bench_env()
-    if args.threads > 0:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = bench_env(args.threads)
     probed = probe_environments(args.baseline_python, args.t2n, env, VERSION_PACKAGES)
     if probed is None:
         return 2

@@ -107,7 +107,7 @@ def bundle_info(path) -> BundleInfo:
         m = re.fullmatch(r"Tensor\(.*?,\s*\w+ (.*)\)", shown, flags=re.S)
         info.properties[key] = m.group(1) if m else shown
     if read_member(path, "graph.quant") is not None:
-        info.quantized = tract_quantized_tensors(path, model)
+        info.quantized = tract_quantized_tensors(path)
     text = read_member(path, "graph.nnef").decode()
     body = text[text.index("graph "):]
     info.ops = dict(Counter(re.findall(r"=\s*([A-Za-z_]\w*)\s*[<(]", body)))
@@ -128,11 +128,10 @@ def bundle_info(path) -> BundleInfo:
     return info
 
 
-def tract_quantized_tensors(path, model=None) -> dict[str, str]:
+def tract_quantized_tensors(path) -> dict[str, str]:
     """The tensors of graph.quant as tract types them once the bundle is loaded: a copy of
     the bundle whose outputs are those tensors is loaded, and tract's output facts read
     (e.g. ``qu8(z:111 s:0.0236)``). Returns name -> fact type, upper-cased (``QU8(...)``)."""
-    import shutil
     import tempfile
     path = _open(path)
     quant = read_member(path, "graph.quant")
@@ -156,7 +155,6 @@ def tract_quantized_tensors(path, model=None) -> dict[str, str]:
         loaded = verify.load_tract_model(copy)
         facts = {loaded.output_name(i): str(loaded.output_fact(i))
                  for i in range(loaded.output_count())}
-        shutil.rmtree(copy, ignore_errors=True)
     out = {}
     for name in names:
         fact = facts.get(name, "")

@@ -159,10 +159,9 @@ class _Observer:
                                    "check that the calibration inputs reach every layer")
         if self.kind == "minmax" or not self.values:
             return self.lo, self.hi
-        values = torch.cat(self.values)
+        values = torch.cat(self.values)  # at most ~_SAMPLE_CAP values: quantile handles them
         q = torch.tensor([1 - self.percentile / 100, self.percentile / 100], dtype=values.dtype)
-        lo, hi = torch.quantile(values, q).tolist() if values.numel() <= 1 << 24 else (
-            self.lo, self.hi)
+        lo, hi = torch.quantile(values, q).tolist()
         return lo, hi
 
 

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from t2n.errors import OptionError
 
 __all__ = ["QRANGE", "fake_quant", "FakeQuant", "QuantizedLinear", "QuantizedConv",
-           "QuantizedFunctional", "from_eager", "is_eager_quantized", "output_steps",
+           "QuantizedFunctional", "from_eager", "is_eager_quantized",
            "set_submodule"]
 
 # the integer range of each 8-bit dtype (torch's quantized dtypes and their names in t2n)
@@ -61,109 +61,90 @@ class FakeQuant(nn.Module):
         return f"scale={self.scale:.6g}, zero_point={self.zero_point}, dtype={self.dtype}"
 
 
-class _WeightQuant:
-    """Per-tensor 8-bit weight: the float parameter holds grid values, the forward marks it."""
+class _QuantizedLayer(nn.Module):
+    """``fake_quant(act(op(x, fake_quant(W))))`` with a per-tensor 8-bit weight (the float
+    parameter holds grid values, the forward marks it). With ``in_qparams`` the input is
+    quantized first (a layer after float ops); without ``out_qparams`` the output stays float
+    (tract dequantizes the layer's i32 accumulator). qparams: (scale, zero_point, dtype)."""
 
-    def _set_weight_quant(self, scale: float, zero_point: int, dtype):
-        self.w_scale, self.w_zero_point, self.w_dtype = float(scale), int(zero_point), dtype
-
-    def _weight(self):
-        return fake_quant(self.weight, self.w_scale, self.w_zero_point, self.w_dtype)
-
-
-class QuantizedLinear(nn.Module, _WeightQuant):
-    """``fake_quant(act(linear(x, fake_quant(W), b)))``: an 8-bit linear layer, float bias.
-    With ``in_qparams`` the input is quantized first (a layer after float ops); without
-    ``out_qparams`` the output stays float (tract dequantizes its i32 accumulator)."""
-
-    def __init__(self, weight, bias, w_qparams, out_qparams, relu: bool = False,
-                 in_qparams=None):
+    def __init__(self, w_qparams, out_qparams, relu: bool, in_qparams):
         super().__init__()
-        self.in_qparams = in_qparams
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self._set_weight_quant(*w_qparams)
-        self.out_qparams = out_qparams
+        self.w_qparams, self.out_qparams, self.in_qparams = w_qparams, out_qparams, in_qparams
         self.relu = relu
 
-    @property
-    def out_scale(self):
-        return self.out_qparams[0] if self.out_qparams else None
+    def _apply_op(self, x, weight):
+        raise NotImplementedError
 
     def forward(self, x):
         if self.in_qparams is not None:
             x = fake_quant(x, *self.in_qparams)
-        y = F.linear(x, self._weight(), self.bias)
+        y = self._apply_op(x, fake_quant(self.weight, *self.w_qparams))
         if self.relu:
             y = torch.relu(y)
         return y if self.out_qparams is None else fake_quant(y, *self.out_qparams)
 
 
-class QuantizedConv(nn.Module, _WeightQuant):
-    """``fake_quant(act(conv(x, fake_quant(W), b)))`` around a float Conv1d/Conv2d."""
+class QuantizedLinear(_QuantizedLayer):
+    """An 8-bit linear layer with a float bias."""
+
+    def __init__(self, weight, bias, w_qparams, out_qparams, relu: bool = False,
+                 in_qparams=None):
+        super().__init__(w_qparams, out_qparams, relu, in_qparams)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def _apply_op(self, x, weight):
+        return F.linear(x, weight, self.bias)
+
+
+class QuantizedConv(_QuantizedLayer):
+    """An 8-bit layer around a float Conv1d/Conv2d."""
 
     def __init__(self, conv: nn.Module, w_qparams, out_qparams, relu: bool = False,
                  in_qparams=None):
-        super().__init__()
-        self.in_qparams = in_qparams
+        super().__init__(w_qparams, out_qparams, relu, in_qparams)
         self.conv = conv
         self.weight = conv.weight
-        self._set_weight_quant(*w_qparams)
-        self.out_scale, self.out_zero_point, self.out_dtype = out_qparams
-        self.relu = relu
 
-    def forward(self, x):
-        if self.in_qparams is not None:
-            x = fake_quant(x, *self.in_qparams)
-        y = self.conv._conv_forward(x, self._weight(), self.conv.bias)
-        if self.relu:
-            y = torch.relu(y)
-        return fake_quant(y, self.out_scale, self.out_zero_point, self.out_dtype)
+    def _apply_op(self, x, weight):
+        return self.conv._conv_forward(x, weight, self.conv.bias)
 
 
-class QuantizedFunctional(nn.Module):
+class QuantizedFunctional(FakeQuant):
     """torch.ao's FloatFunctional/QFunctional: each result is quantized to one scale."""
 
-    def __init__(self, scale: float, zero_point: int, dtype=torch.quint8):
-        super().__init__()
-        self.scale, self.zero_point, self.dtype = float(scale), int(zero_point), dtype
-
-    def _q(self, x):
-        return fake_quant(x, self.scale, self.zero_point, self.dtype)
-
     def add(self, x, y):
-        return self._q(x + y)
+        return self(x + y)
 
     def add_relu(self, x, y):
-        return self._q(torch.relu(x + y))
+        return self(torch.relu(x + y))
 
     def mul(self, x, y):
-        return self._q(x * y)
+        return self(x * y)
 
     def add_scalar(self, x, y):
-        return self._q(x + y)
+        return self(x + y)
 
     def mul_scalar(self, x, y):
-        return self._q(x * y)
+        return self(x * y)
 
     def cat(self, xs, dim: int = 0):
-        return self._q(torch.cat(xs, dim=dim))
+        return self(torch.cat(xs, dim=dim))
 
     def matmul(self, x, y):
-        return self._q(torch.matmul(x, y))
+        return self(torch.matmul(x, y))
 
 
 # ----------------------------------------------------------------------------------------------
 # torch.ao eager-mode converted models
 
-def _quantized_namespaces():
-    return ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized",
-            "torch.nn.intrinsic.quantized")
+_QUANTIZED_NAMESPACES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                         "torch.nn.quantized", "torch.nn.intrinsic.quantized")
 
 
 def is_eager_quantized(model: nn.Module) -> bool:
     """Whether ``model`` holds modules made by ``torch.ao.quantization.convert``."""
-    return any(type(m).__module__.startswith(_quantized_namespaces()) for m in model.modules())
+    return any(type(m).__module__.startswith(_QUANTIZED_NAMESPACES) for m in model.modules())
 
 
 def _weight_qparams(name: str, w: torch.Tensor):
@@ -222,7 +203,7 @@ def from_eager(model: nn.Module) -> nn.Module:
     original holds quantized tensors. Raises OptionError naming modules it cannot rewrite."""
     import copy
     stubs = [m for m in model.modules() if type(m).__name__ == "Quantize"
-             and type(m).__module__.startswith(_quantized_namespaces())]
+             and type(m).__module__.startswith(_QUANTIZED_NAMESPACES)]
     dtypes = {m.dtype for m in stubs}
     if len(dtypes) > 1:
         raise OptionError("the model quantizes its inputs to both quint8 and qint8",
@@ -231,7 +212,7 @@ def from_eager(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     unsupported = []
     for name, module in list(model.named_modules()):
-        if not name or not type(module).__module__.startswith(_quantized_namespaces()):
+        if not name or not type(module).__module__.startswith(_QUANTIZED_NAMESPACES):
             continue
         if _inside_replaced(model, name):
             continue
@@ -262,11 +243,3 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def output_steps(model: nn.Module) -> list[float]:
-    """Scales of the fake quantizations in ``model`` (the step of each quantized tensor)."""
-    steps = [m.scale if isinstance(m, (FakeQuant, QuantizedFunctional)) else m.out_scale
-             for m in model.modules()
-             if isinstance(m, (FakeQuant, QuantizedFunctional, QuantizedLinear, QuantizedConv))]
-    return [s for s in steps if s is not None]

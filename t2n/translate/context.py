@@ -136,6 +136,17 @@ class Ctx:
                                              dtype=dtype, name=f"{v.name}_{dtype}")
         return self._dequantized[key]
 
+    def dequantize_all(self, value):
+        """``value`` (a Value, or lists/tuples/dicts of them) with every 8-bit Value replaced
+        by its float copy."""
+        if isinstance(value, Value):
+            return self.dequantize(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.dequantize_all(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.dequantize_all(v) for k, v in value.items()}
+        return value
+
     def scalar(self, value, dtype: str) -> Value:
         """A rank-0 constant of ``dtype`` (an NNEF literal, cast when it is not f32)."""
         if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):

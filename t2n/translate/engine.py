@@ -283,7 +283,7 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
         args = _resolve(node.args, env)
         kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
         if not translator.quantized:
-            args, kwargs = _dequantized(ctx, args), _dequantized(ctx, kwargs)
+            args, kwargs = ctx.dequantize_all(args), ctx.dequantize_all(kwargs)
         try:
             env[node] = translator.fn(ctx, *args, **kwargs)
             if _mutates_first_argument(node.target) and isinstance(node.args[0], torch.fx.Node):
@@ -293,17 +293,6 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
             raise TranslationError(f"{op_name(node.target)}{' in ' + where if where else ''}: "
                                    f"{e.message}", e.hint) from e
     return outputs
-
-
-def _dequantized(ctx: Ctx, value):
-    """``value`` with every 8-bit Value replaced by its float copy."""
-    if isinstance(value, Value):
-        return ctx.dequantize(value) if value.quant is not None else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_dequantized(ctx, v) for v in value)
-    if isinstance(value, dict):
-        return {k: _dequantized(ctx, v) for k, v in value.items()}
-    return value
 
 
 def _mutates_first_argument(target) -> bool:

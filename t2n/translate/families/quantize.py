@@ -86,7 +86,7 @@ def _quantize_array(array, scale, zero_point, dtype):
 
 def _cast_quantized(ctx, x: Value, qparams, name=None) -> Value:
     """Quantize a float value, or requantize an 8-bit one, to ``qparams``."""
-    scale, zero_point, dtype = qparams
+    dtype = qparams[2]
     out = ctx.op("tract_core_cast", x, to=dtype, shape=x.shape, dtype=dtype,
                  name=name or f"{x.name}_q")
     return ctx.quantized(out, qparams)
@@ -148,15 +148,15 @@ def _reshaped_variable(ctx, v: Value, shape) -> Value:
     return ctx.quantized(new, (*v.quant, v.dtype))
 
 
-def _integer_ready(ctx, x, w) -> bool:
+def _integer_operands(ctx, x, w) -> bool:
+    """An 8-bit input and a stored 8-bit weight: what tract's integer linear/conv take."""
     return (isinstance(x, Value) and x.quant is not None and isinstance(w, Value)
-            and w.quant is not None and ctx.out_quant is not None)
+            and w.quant is not None and _variable(ctx, w) is not None)
 
 
 def _float_then_quantize(ctx, float_fn, *args, **kwargs):
     """The float translation, its result quantized when the node's output is planned 8-bit."""
-    from t2n.translate.engine import _dequantized
-    y = float_fn(ctx, *_dequantized(ctx, args), **_dequantized(ctx, kwargs))
+    y = float_fn(ctx, *ctx.dequantize_all(args), **ctx.dequantize_all(kwargs))
     if ctx.out_quant is not None:
         return _cast_quantized(ctx, y, ctx.out_quant)
     return y
@@ -165,8 +165,7 @@ def _float_then_quantize(ctx, float_fn, *args, **kwargs):
 @translates(aten.linear.default, override=True, quantized=True)
 def linear(ctx, input, weight, bias=None):
     """linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor"""
-    if not (isinstance(input, Value) and input.quant is not None and isinstance(weight, Value)
-            and weight.quant is not None and _variable(ctx, weight) is not None):
+    if not _integer_operands(ctx, input, weight):
         return _float_then_quantize(ctx, linalg.linear, input, weight, bias)
     # tract's linear wants the weight and the bias stored at the input's rank
     lead = (1,) * (input.rank - 2)
@@ -203,7 +202,7 @@ def _integer_conv(ctx, input, weight, bias, stride, pads, dilation, groups):
 @translates(aten.conv1d.default, aten.conv2d.default, override=True, quantized=True)
 def conv(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """conv2d(Tensor input, Tensor weight, Tensor? bias=None, SymInt[2] stride=[1, 1], SymInt[2] padding=[0, 0], SymInt[2] dilation=[1, 1], SymInt groups=1) -> Tensor"""  # noqa: E501
-    if _integer_ready(ctx, input, weight):
+    if _integer_operands(ctx, input, weight) and ctx.out_quant is not None:  # tract needs it
         pads = [(p, p) for p in conv_family.spatial(padding, weight.rank - 2)]
         y = _integer_conv(ctx, input, weight, bias, stride, pads, dilation, groups)
         if y is not None:
