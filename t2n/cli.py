@@ -177,7 +177,7 @@ def _export(ctx, config_file, flags):
     shapes = o["input_shape"]
     loaded = load_model(o["model"], task=o["task"],
                         input_shapes=[shapes] if isinstance(shapes, str) else shapes or (),
-                        example_inputs=o["example_inputs"])
+                        example_inputs=o["example_inputs"], dtype=o["dtype"])
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model"],
              type(loaded.module).__name__)
     # the model is referenced only through `loaded`, so that release() can free it before
@@ -312,7 +312,7 @@ def _export_llm(ctx, config_file, flags):
                           "t2n export-llm -s MODEL -e EXPORT_DIR")
     import time
     t0 = time.perf_counter()
-    loaded = load_model(o["model_slug"], need_inputs=False)
+    loaded = load_model(o["model_slug"], need_inputs=False, dtype=o["dtype"])
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
              type(loaded.module).__name__)
     tolerance = None if o["no_verify"] else (

@@ -184,7 +184,7 @@ def _hub_folder(repo_id: str) -> Path:
                         "a local folder") from e
 
 
-def _hf_model(folder: Path, task: str | None):
+def _hf_model(folder: Path, task: str | None, dtype: torch.dtype):
     import transformers
     from transformers import AutoConfig
     try:
@@ -203,7 +203,7 @@ def _hf_model(folder: Path, task: str | None):
         cls = getattr(transformers, arch, None) if arch else None
         cls = cls or transformers.AutoModel
     try:
-        model = cls.from_pretrained(folder, config=config, dtype=torch.float32)
+        model = cls.from_pretrained(folder, config=config, dtype=dtype)
     except Exception as e:
         raise LoadError(f"transformers could not load {folder} as {cls.__name__}: {e}",
                         "pass --task to choose another model class") from e
@@ -216,13 +216,13 @@ def _hf_model(folder: Path, task: str | None):
     return model, tokenizer, config
 
 
-def _gguf_model(path: Path):
-    """A causal LM from a GGUF file, dequantized to float by transformers."""
+def _gguf_model(path: Path, dtype: torch.dtype):
+    """A causal LM from a GGUF file, dequantized to ``dtype`` by transformers."""
     import transformers
     name, folder = path.name, path.parent
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
-                                                                  dtype=torch.float32)
+                                                                  dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except ImportError as e:
         raise LoadError(f"reading {path} needs the gguf package: {e}",
@@ -237,14 +237,19 @@ def _gguf_model(path: Path):
 
 
 def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_inputs=None,
-               need_inputs: bool = True) -> Loaded:
+               need_inputs: bool = True, dtype: str | None = None) -> Loaded:
     """Load ``spec``: ``module.path:attr``, a Hugging Face folder, or a cached hub id.
-    ``need_inputs=False``: the caller makes its own example inputs (export-llm)."""
+    ``need_inputs=False``: the caller makes its own example inputs (export-llm).
+    ``dtype`` ("f32" or "f16", default f32): the float type Hugging Face and GGUF weights are
+    loaded in, so that an f16 export never holds a float32 copy of the model."""
+    if dtype not in (None, "f32", "f16"):
+        raise OptionError(f"unknown dtype {dtype!r}", "use f32 or f16")
+    weights = torch.float16 if dtype == "f16" else torch.float32
     specs = [parse_input_shape(s) if isinstance(s, str) else s for s in input_shapes]
     path = Path(spec)
     tokenizer = folder = config = None
     if path.is_file() and path.suffix == ".gguf":
-        module, tokenizer, config = _gguf_model(path)
+        module, tokenizer, config = _gguf_model(path, weights)
     elif path.is_dir():
         folder = path
     elif ":" in spec and not path.exists():
@@ -261,7 +266,7 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
         if not (folder / "config.json").exists():
             raise LoadError(f"{folder} has no config.json",
                             "point to a Hugging Face model folder")
-        module, tokenizer, config = _hf_model(folder, task)
+        module, tokenizer, config = _hf_model(folder, task, weights)
     module.eval()
 
     vocab = getattr(config, "vocab_size", None) if config is not None else None

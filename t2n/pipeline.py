@@ -1,7 +1,6 @@
 """export(): load -> compress -> trace -> translate -> write -> verify, one status line a stage."""
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
@@ -16,6 +15,7 @@ from torch.utils import _pytree as pytree
 
 from t2n import __version__, compress, trace as trace_mod, verify
 from t2n.errors import OptionError, VerificationError, WriteError
+from t2n.memory import drop_weight_pages, free_memory
 from t2n.nnef import bundle as bundle_mod
 from t2n.options import ExportOptions
 from t2n.quant import int8
@@ -137,11 +137,13 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         with torch.no_grad():
             float_outputs = [t.detach().numpy() for t in
                              _flatten_outputs(module(*args, **kwargs))[0]]
+        drop_weight_pages(module)
         with stages("compress", lambda: options.compression):
             module = compress.apply(module, options.compression,
                                     registry_path=options.compression_registry,
                                     tokenizer=tokenizer, export_dirpath=path,
                                     local_dir=None, calibration=calibration)
+        free_memory()
 
     eager_reference = None
     if int8.is_eager_quantized(module):
@@ -219,18 +221,6 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         raise
     return ExportResult(bundle.path, bundle, result_v, stages.timings, input_ids, output_names,
                         quantization)
-
-
-def free_memory() -> None:
-    """Collect garbage and hand freed heap memory back to the system (glibc keeps large freed
-    blocks otherwise: after torch's weights are dropped, RSS would stay at the model's size
-    while tract loads its own copy)."""
-    gc.collect()
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _write(graph, folder, extra, progress):

@@ -49,6 +49,17 @@ def test_task_overrides_class(tmp_path):
         load_model(str(folder), task="summon")
 
 
+@pytest.mark.parametrize("dtype, expected", [(None, torch.float32), ("f32", torch.float32),
+                                             ("f16", torch.float16)])
+def test_folder_loads_in_the_export_dtype(tmp_path, dtype, expected):
+    # an f16 export loads f16 weights directly: no float32 copy of the model is ever made
+    folder = _tiny_bert(tmp_path / "bert")
+    loaded = load_model(str(folder), input_shapes=["input_ids=1,8:i64"], dtype=dtype)
+    assert {p.dtype for p in loaded.module.parameters()} == {expected}
+    with pytest.raises(OptionError, match="unknown dtype"):
+        load_model(str(folder), dtype="f8")
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_example_inputs_file(suffix, tmp_path):
     arrays = {"x": np.random.rand(2, 3).astype(np.float32), "ids": np.arange(4)}

@@ -529,6 +529,33 @@ def test_tensor_from_float_scales():
     assert q4_0.encode_dat(t) == q4_0.encode_dat((*q4_0.quantize(w, scales), w.shape))
 
 
+def test_tensor_from_float_in_chunks():
+    # a chunk of 3 blocks cuts rows in the middle: the blocks are the same as in one pass
+    w = torch.randn(6, 96).half()  # 18 blocks
+    whole = Q4_0Tensor.from_float(w)
+    assert torch.equal(Q4_0Tensor.from_float(w, chunk=3).packed, whole.packed)
+    calls = []
+
+    def halved(blocks):  # a scale function sees float32 blocks, at most `chunk` at a time
+        calls.append(blocks.shape)
+        return np.abs(blocks).max(axis=1) / np.float32(-16)
+    t = Q4_0Tensor.from_float(w, scales=halved, chunk=4)
+    assert calls == [(4, 32)] * 4 + [(2, 32)]
+    d = np.abs(w.float().reshape(-1, 32).numpy()).max(axis=1) / np.float32(-16)
+    assert torch.equal(t.packed, Q4_0Tensor.from_float(w, scales=d).packed)
+    with pytest.raises(ValueError, match="non-finite"):
+        Q4_0Tensor.from_float(torch.tensor([[float("nan")] + [0.0] * 31]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_tensor_embedding_decodes_looked_up_rows(dtype):
+    table = Q4_0Tensor.from_float(torch.randn(50, 64).to(dtype))
+    ids = torch.tensor([[3, 49, 3], [0, 7, 12]])
+    rows = F.embedding(ids, table)
+    assert type(rows) is torch.Tensor and rows.dtype == dtype and rows.shape == (2, 3, 64)
+    assert torch.equal(rows, F.embedding(ids, table.dequantize()))
+
+
 _MODULES = {
     "linear": (lambda: nn.Linear(64, 10), lambda m, w, x: F.linear(x, w, m.bias), (3, 5, 64)),
     "embedding": (lambda: nn.Embedding(20, 32), lambda m, w, x: F.embedding(x, w),

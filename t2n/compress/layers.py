@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from t2n.memory import drop_pages
+
 __all__ = ["quantize_layers", "KINDS"]
 
 log = logging.getLogger("t2n.compress")
@@ -73,6 +75,7 @@ def quantize_layers(model: nn.Module, classes: tuple, to_quantized: Callable,
             for _, user in users[key]:
                 user.weight = quantized
             done[key] = quantized
+            drop_pages(weight)  # a weight mapped from its file: let its pages go
             quantized_ids.add(id(quantized))
             count += 1
     log.info("quantized %d weight(s), %d left in float", count, skipped)

@@ -22,9 +22,8 @@ ALL = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 
 
 def _q4_0(weight: torch.Tensor, name: str, scale_fn) -> nn.Parameter:
-    blocks = weight.detach().float().reshape(-1, BLOCK).numpy()
-    d = None if scale_fn is scale_fns.signed_max else scale_fn(blocks)  # None: tract's rule
-    return nn.Parameter(Q4_0Tensor.from_float(weight, scales=d), requires_grad=False)
+    scales = None if scale_fn is scale_fns.signed_max else scale_fn  # None: tract's rule
+    return nn.Parameter(Q4_0Tensor.from_float(weight, scales=scales), requires_grad=False)
 
 
 def _excluded(module) -> bool:

@@ -124,6 +124,11 @@ def quantize(weight, scales=None) -> tuple[np.ndarray, np.ndarray]:
 
 def pack(q: np.ndarray, d: np.ndarray) -> bytes:
     """The raw Q4_0 block bytes (18 per block) of ``quantize``'s ``(q, d)``."""
+    return _pack_blocks(q, d).tobytes()
+
+
+def _pack_blocks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``pack`` as a uint8 array ``[n_blocks, 18]``."""
     q, d = np.asarray(q), np.asarray(d)
     if q.ndim != 2 or q.shape[1] != BLOCK or d.shape != (len(q),):
         raise ValueError(f"pack needs q [n, {BLOCK}] and d [n], got {q.shape} and {d.shape}")
@@ -133,7 +138,7 @@ def pack(q: np.ndarray, d: np.ndarray) -> bytes:
     out = np.empty((len(q), BLOCK_BYTES), dtype=np.uint8)
     out[:, :2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
     out[:, 2:] = q[:, : BLOCK // 2] | (q[:, BLOCK // 2:] << 4)
-    return out.tobytes()
+    return out
 
 
 def unpack(data, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,11 +226,29 @@ class Q4_0Tensor(torch.Tensor):
         self.packed = packed
 
     @classmethod
-    def from_float(cls, tensor: torch.Tensor, scales=None) -> Q4_0Tensor:
-        """Quantize a float tensor (min-max, or the given per-block ``scales``)."""
-        q, d = quantize(tensor, scales)
-        raw = np.frombuffer(pack(q, d), dtype=np.uint8).reshape(-1, BLOCK_BYTES)
-        return cls(torch.from_numpy(raw.copy()).to(tensor.device), tensor.shape, tensor.dtype)
+    def from_float(cls, tensor: torch.Tensor, scales=None, chunk: int = 1 << 16) -> Q4_0Tensor:
+        """Quantize a float tensor: min-max, the given per-block ``scales``, or ``scales`` a
+        function ``float32 blocks [n, 32] -> scales [n]``. Works through ``chunk`` blocks at
+        a time, so that the float32 temporaries stay small next to a large weight."""
+        if not torch.isfinite(tensor.detach()).all():
+            quantize(tensor)  # raises, naming the first non-finite value
+        shape = tuple(tensor.shape)
+        if len(shape) < 2 or int(np.prod(shape[1:])) % BLOCK:
+            quantize(tensor)  # raises, naming the shape problem
+        flat = tensor.detach().cpu().reshape(-1, BLOCK)
+        if scales is not None and not callable(scales):
+            scales = np.asarray(scales, dtype=np.float32).reshape(-1)
+            if scales.size != len(flat):
+                raise ValueError(f"Q4_0 needs one scale per block of {BLOCK}: {len(flat)} "
+                                 f"blocks, got {scales.size} scales")
+        packed = torch.empty((len(flat), BLOCK_BYTES), dtype=torch.uint8)
+        out = packed.numpy()
+        for start in range(0, len(flat), chunk):
+            x = flat[start:start + chunk].float().numpy()
+            d = scales(x) if callable(scales) else (
+                None if scales is None else scales[start:start + chunk])
+            out[start:start + chunk] = _pack_blocks(*quantize(x, d))
+        return cls(packed.to(tensor.device), shape, tensor.dtype)
 
     @property
     def blocks(self) -> tuple[np.ndarray, np.ndarray]:
@@ -238,11 +261,7 @@ class Q4_0Tensor(torch.Tensor):
 
     def dequantize(self) -> torch.Tensor:
         """The plain float tensor (shape and dtype of the original weight)."""
-        raw = self.packed
-        d = raw[:, :2].contiguous().view(torch.float16).float()
-        nibbles = raw[:, 2:]
-        q = torch.cat([nibbles & 0x0F, nibbles >> 4], dim=1).float() - 8
-        return (q * d).reshape(self.shape).to(self.dtype)
+        return _decode(self.packed, self.dtype).reshape(self.shape)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return (f"Q4_0Tensor(shape={list(self.shape)}, dtype={self.dtype}, "
@@ -275,11 +294,32 @@ class Q4_0Tensor(torch.Tensor):
                 target = args[i] if i < len(args) else kwargs.get(arg.name)
                 if any(isinstance(t, Q4_0Tensor) for t in _leaves(target)):
                     _read_only(str(func))
+        if func is aten.embedding.default and isinstance(args[0], Q4_0Tensor) \
+                and args[0].dim() == 2:
+            return _rows_of(args[0], args[1])
         if func in _KEEP and isinstance(args[0], Q4_0Tensor):
             kept = _kept(func, args[0], kwargs)
             if kept is not None:
                 return kept
         return func(*tree_map(_plain, args), **tree_map(_plain, kwargs))
+
+
+def _decode(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Blocks ``[n, 18]`` as values ``[n, 32]`` of ``dtype``. float16 and float32 are computed
+    in that type directly: (q - 8) * d is an integer in [-8, 7] times a float16 scale, exact
+    before the one rounding, so the result equals the float32 computation cast down."""
+    work = dtype if dtype in (torch.float16, torch.float32) else torch.float32
+    d = raw[:, :2].contiguous().view(torch.float16).to(work)
+    nibbles = raw[:, 2:]
+    q = torch.cat([nibbles & 0x0F, nibbles >> 4], dim=1).to(work)
+    return q.sub_(8).mul_(d).to(dtype)
+
+
+def _rows_of(table: Q4_0Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``embedding(table, indices)``, decoding only the rows looked up."""
+    rows, width = table.shape
+    blocks = table.packed.view(rows, width // BLOCK, BLOCK_BYTES)[indices]
+    return _decode(blocks.reshape(-1, BLOCK_BYTES), table.dtype).reshape(*indices.shape, width)
 
 
 def _plain(value):
