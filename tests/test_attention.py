@@ -62,3 +62,29 @@ def test_sdpa_padding_mask_broadcast_over_rows(tmp_path):
     keep[..., 4:] = False
     fn = Lambda(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))
     assert_bundle_matches(fn, qkv() + (keep,), tmp_path)
+
+
+def _gqa(q, k, v, m):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+
+
+@pytest.mark.parametrize("mask_heads", [1, 8], ids=["shared_mask", "per_head_mask"])
+def test_sdpa_gqa_with_mask(mask_heads, tmp_path):
+    # query head h reads key/value head h // 4: a per-head mask must follow the same grouping
+    mask = torch.randn(1, mask_heads, 3, 7)
+    assert_bundle_matches(Lambda(_gqa), qkv(h=8, kv_heads=2, s=3, kv_len=7) + (mask,),
+                          tmp_path)
+
+
+def test_sdpa_gqa_causal_dynamic_lengths(tmp_path):
+    # decode-style shapes: S new queries over T keys, both symbolic, one bundle for S = 1
+    fn = Lambda(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                               enable_gqa=True))
+    axes = {"input_0": {2: "S"}, "input_1": {2: "T"}, "input_2": {2: "T"}}
+    assert_bundle_matches(fn, qkv(h=6, kv_heads=2, s=3, kv_len=5), tmp_path,
+                          dynamic_axes=axes, other_args=[qkv(h=6, kv_heads=2, s=1, kv_len=9)])
+
+
+def test_sdpa_gqa_f16(tmp_path):
+    assert_bundle_matches(Lambda(lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v, enable_gqa=True)), qkv(h=8, kv_heads=4), tmp_path, dtype="f16")
