@@ -38,12 +38,26 @@ def free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def drop_pages(tensor: torch.Tensor) -> None:
-    """Ask the kernel to reclaim the whole pages under ``tensor``'s data.
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from files (``/proc/self/maps``)."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    lo, hi = fields[0].split("-")
+                    ranges.append((int(lo, 16), int(hi, 16)))
+    except OSError:  # not Linux
+        pass
+    return ranges
 
-    Safe for any tensor: pages mapped from a file are dropped and read again from the file if
-    the tensor is used later; heap pages (nothing to write them to without swap) stay. Meant for
-    weights mapped from safetensors files once they have been quantized or written out."""
+
+def drop_pages(tensor: torch.Tensor, mappings=None) -> None:
+    """Ask the kernel to reclaim the pages under ``tensor``'s data that are mapped from a file
+    (weights that transformers maps from safetensors files), once they have been quantized or
+    written out. Their content stays: it is read again from the file if the tensor is used
+    later. Heap memory is left alone (it would go to swap)."""
     if _LIBC is None or tensor.device.type != "cpu" or tensor.is_meta:
         return
     try:
@@ -52,14 +66,15 @@ def drop_pages(tensor: torch.Tensor) -> None:
     except (RuntimeError, NotImplementedError):  # subclasses without a plain storage
         return
     page = mmap.PAGESIZE
-    lo = -(-start // page) * page
-    hi = (start + size) // page * page
-    if hi > lo:
-        _LIBC.madvise(lo, hi - lo, _MADV_PAGEOUT)  # best effort: an old kernel ignores it
+    for lo, hi in (_file_mappings() if mappings is None else mappings):
+        lo, hi = max(lo, -(-start // page) * page), min(hi, (start + size) // page * page)
+        if hi > lo:
+            _LIBC.madvise(lo, hi - lo, _MADV_PAGEOUT)  # best effort: an old kernel ignores it
 
 
 def drop_weight_pages(module: torch.nn.Module) -> None:
     """``drop_pages`` for every parameter and buffer of ``module`` (after a forward pass that
     read every weight mapped from a file: the pages come back only as the weights are used)."""
+    mappings = _file_mappings()
     for tensor in list(module.parameters()) + list(module.buffers()):
-        drop_pages(tensor)
+        drop_pages(tensor, mappings)
