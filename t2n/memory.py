@@ -13,7 +13,7 @@ import mmap
 
 import torch
 
-__all__ = ["free_memory", "drop_pages", "drop_weight_pages"]
+__all__ = ["free_memory", "drop_pages", "drop_weight_pages", "file_mappings"]
 
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now (clean file pages: just dropped)
 
@@ -38,7 +38,7 @@ def free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def _file_mappings() -> list[tuple[int, int]]:
+def file_mappings() -> list[tuple[int, int]]:
     """Address ranges of this process mapped from files (``/proc/self/maps``)."""
     ranges = []
     try:
@@ -57,7 +57,8 @@ def drop_pages(tensor: torch.Tensor, mappings=None) -> None:
     """Ask the kernel to reclaim the pages under ``tensor``'s data that are mapped from a file
     (weights that transformers maps from safetensors files), once they have been quantized or
     written out. Their content stays: it is read again from the file if the tensor is used
-    later. Heap memory is left alone (it would go to swap)."""
+    later. Heap memory is left alone (it would go to swap). ``mappings``: ``file_mappings()``
+    read once for many tensors."""
     if _LIBC is None or tensor.device.type != "cpu" or tensor.is_meta:
         return
     try:
@@ -66,7 +67,7 @@ def drop_pages(tensor: torch.Tensor, mappings=None) -> None:
     except (RuntimeError, NotImplementedError):  # subclasses without a plain storage
         return
     page = mmap.PAGESIZE
-    for lo, hi in (_file_mappings() if mappings is None else mappings):
+    for lo, hi in (file_mappings() if mappings is None else mappings):
         lo, hi = max(lo, -(-start // page) * page), min(hi, (start + size) // page * page)
         if hi > lo:
             _LIBC.madvise(lo, hi - lo, _MADV_PAGEOUT)  # best effort: an old kernel ignores it
@@ -75,6 +76,6 @@ def drop_pages(tensor: torch.Tensor, mappings=None) -> None:
 def drop_weight_pages(module: torch.nn.Module) -> None:
     """``drop_pages`` for every parameter and buffer of ``module`` (after a forward pass that
     read every weight mapped from a file: the pages come back only as the weights are used)."""
-    mappings = _file_mappings()
+    mappings = file_mappings()
     for tensor in list(module.parameters()) + list(module.buffers()):
         drop_pages(tensor, mappings)

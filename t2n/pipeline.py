@@ -15,7 +15,7 @@ from torch.utils import _pytree as pytree
 
 from t2n import __version__, compress, trace as trace_mod, verify
 from t2n.errors import OptionError, VerificationError, WriteError
-from t2n.memory import drop_weight_pages, free_memory
+from t2n.memory import free_memory
 from t2n.nnef import bundle as bundle_mod
 from t2n.options import ExportOptions
 from t2n.quant import int8
@@ -137,13 +137,11 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         with torch.no_grad():
             float_outputs = [t.detach().numpy() for t in
                              _flatten_outputs(module(*args, **kwargs))[0]]
-        drop_weight_pages(module)
         with stages("compress", lambda: options.compression):
             module = compress.apply(module, options.compression,
                                     registry_path=options.compression_registry,
                                     tokenizer=tokenizer, export_dirpath=path,
                                     local_dir=None, calibration=calibration)
-        free_memory()
 
     eager_reference = None
     if int8.is_eager_quantized(module):

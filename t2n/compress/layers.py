@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from t2n.memory import drop_pages
+from t2n.memory import drop_pages, file_mappings
 
 __all__ = ["quantize_layers", "KINDS"]
 
@@ -37,6 +37,7 @@ def quantize_layers(model: nn.Module, classes: tuple, to_quantized: Callable,
     """Replace the weight of every module of ``classes`` by ``to_quantized(weight, name)``
     (a Parameter), except modules for which ``exclude(module)`` holds."""
     users = _weight_users(model)
+    mappings = file_mappings()
     done: dict[int, torch.Tensor] = {}
     quantized_ids: set[int] = set()
     count = skipped = 0
@@ -75,7 +76,7 @@ def quantize_layers(model: nn.Module, classes: tuple, to_quantized: Callable,
             for _, user in users[key]:
                 user.weight = quantized
             done[key] = quantized
-            drop_pages(weight)  # a weight mapped from its file: let its pages go
+            drop_pages(weight, mappings)  # a weight mapped from its file: let its pages go
             quantized_ids.add(id(quantized))
             count += 1
     log.info("quantized %d weight(s), %d left in float", count, skipped)

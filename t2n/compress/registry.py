@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 
 from t2n.errors import CompressionError, LoadError
+from t2n.memory import drop_weight_pages, free_memory
 
 __all__ = ["BUILTIN", "load_registry", "resolve", "apply", "describe"]
 
@@ -66,9 +67,13 @@ def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
 
     ``calibration`` (t2n.compress.ptq.Calibration: representative inputs and the observer) is
     passed as the keyword ``calibration`` to functions that declare it or take ``**kwargs``.
+
+    Memory: the pages of weights mapped from files (read by a float reference pass before) are
+    handed back first, and the heap is trimmed of the quantization temporaries after.
     """
     registry = load_registry(registry_path)
     fn = resolve(name, registry, registry_path)
+    drop_weight_pages(model)
     extra = {"calibration": calibration} if calibration is not None and _takes(
         fn, "calibration") else {}
     try:
@@ -82,6 +87,7 @@ def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
                                "check the registry function; -v shows the traceback") from e
     if result is None:
         result = model  # functions that change the model in place
+    free_memory()
     return result
 
 

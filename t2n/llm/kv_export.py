@@ -21,7 +21,6 @@ from transformers import DynamicCache
 from t2n import compress, verify
 from t2n.errors import OptionError, VerificationError, WriteError
 from t2n.llm.runtime import LLMBundle
-from t2n.memory import drop_weight_pages, free_memory
 from t2n.llm.wrapper import KVCacheLLM, dynamic_axes, input_names, output_names, past_from_cache
 from t2n.options import ExportOptions
 from t2n.pipeline import ExportResult, export_loaded
@@ -110,11 +109,9 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         t0 = time.perf_counter()
         with torch.no_grad():
             float_out = [t.numpy() for t in wrapper(*args)]
-        drop_weight_pages(wrapper)  # weights mapped from safetensors: quantized one by one next
         wrapper = compress.apply(wrapper, compression, registry_path=compression_registry,
                                  tokenizer=tokenizer, export_dirpath=export_dir, local_dir=None)
         wrapper.eval()
-        free_memory()
         with torch.no_grad():
             quantized = [t.numpy() for t in wrapper(*args)]
         quantization = verify.compare(quantized, float_out, output_names(n_layers),

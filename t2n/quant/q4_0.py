@@ -230,11 +230,10 @@ class Q4_0Tensor(torch.Tensor):
         """Quantize a float tensor: min-max, the given per-block ``scales``, or ``scales`` a
         function ``float32 blocks [n, 32] -> scales [n]``. Works through ``chunk`` blocks at
         a time, so that the float32 temporaries stay small next to a large weight."""
-        if not torch.isfinite(tensor.detach()).all():
-            quantize(tensor)  # raises, naming the first non-finite value
         shape = tuple(tensor.shape)
-        if len(shape) < 2 or int(np.prod(shape[1:])) % BLOCK:
-            quantize(tensor)  # raises, naming the shape problem
+        if len(shape) < 2 or int(np.prod(shape[1:])) % BLOCK \
+                or not torch.isfinite(tensor.detach()).all():
+            quantize(tensor)  # raises, naming the shape problem or the first non-finite value
         flat = tensor.detach().cpu().reshape(-1, BLOCK)
         if scales is not None and not callable(scales):
             scales = np.asarray(scales, dtype=np.float32).reshape(-1)

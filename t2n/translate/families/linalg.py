@@ -73,8 +73,8 @@ def _row_pieces(ctx, weight, dtype) -> list[tuple[int, int]] | None:
     rows = int(PACK_BUDGET * 0.9) // row_bytes // 16 * 16  # whole kernel panels, some slack
     if rows < 16:
         return None
-    count = -(-n // rows)
-    rows = -(-(-(-n // count)) // 16) * 16  # even pieces, still whole panels
+    per_piece = -(-n // -(-n // rows))  # spread the rows evenly over the pieces ...
+    rows = -(-per_piece // 16) * 16      # ... in whole panels
     return [(start, min(n, start + rows)) for start in range(0, n, rows)]
 
 
@@ -97,9 +97,9 @@ def linear_nd(ctx, x, weight, bias, out_shape=None):
     pieces = _row_pieces(ctx, weight, dtype)
     if pieces is not None:
         full = tuple(out_shape or ctx.out.shape)
-        if bias is None:
-            return _linear_in_pieces(ctx, x, weight, pieces, full)
         y = _linear_in_pieces(ctx, x, weight, pieces, full)
+        if bias is None:
+            return y
         b = _unsqueeze_to(ctx, operand(ctx, bias, dtype), y.rank)
         return ctx.op("add", y, b, shape=full, dtype=dtype)
     w = operand(ctx, weight, dtype)
