@@ -103,5 +103,14 @@ def dim_sub(a, b):
     return Dim(f"({_expr(a)} - {_expr(b)})")
 
 
+def dim_mul(a, b):
+    """Product of two sizes that may be symbolic."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b
+    if a == 1 or b == 1:
+        return b if a == 1 else a
+    return Dim(f"({_expr(a)} * {_expr(b)})")
+
+
 def _expr(d) -> str:
     return d.expr if isinstance(d, Dim) else str(d)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 
 from t2n.errors import TranslationError
-from t2n.nnef.graph import Dim
 from t2n.translate.context import Value
 from t2n.translate.families._common import (
-    axis, broadcast_rank, dim_add, dim_sub, operand, same_dtype)
+    axis, broadcast_rank, dim_add, dim_mul, dim_sub, operand, same_dtype)
 from t2n.translate.families.shape import slice_axis
 from t2n.translate.registry import translates
 
@@ -21,22 +20,11 @@ def _with(shape, d: int, size) -> tuple:
     return tuple(shape[:d]) + (size,) + tuple(shape[d + 1:])
 
 
-def _dim_mul(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return a * b
-    if a == 1 or b == 1:
-        return b if a == 1 else a
-    return Dim(f"({_expr(a)} * {_expr(b)})")
-
-
-def _expr(d) -> str:
-    return d.expr if isinstance(d, Dim) else str(d)
-
 
 def _numel(shape):
     n = 1
     for s in shape:
-        n = _dim_mul(n, s)
+        n = dim_mul(n, s)
     return n
 
 
@@ -315,7 +303,7 @@ def _roll_axis(ctx, x: Value, shift: int, d: int) -> Value:
         return ctx.op("concat", [tail, head], axis=d, **ctx.like(x))
     # symbolic size: out[i] = x[(i - shift) mod n], from a range starting at a non-negative
     # number congruent to -shift
-    start = _dim_mul(dim_sub(n, 1), shift) if shift >= 0 else -shift
+    start = dim_mul(dim_sub(n, 1), shift) if shift >= 0 else -shift
     r = ctx.op("tract_core_range", start, dim_add(start, n), 1, shape=(n,), dtype="i64")
     size = operand(ctx, n, "i64")
     q = ctx.op("div", r, size, **ctx.like(r))
