@@ -18,6 +18,9 @@ class ExportOptions:
     f32_attention: bool = False              # with f16: attention computed in f32
     f32_norm: bool = False                   # with f16: norms computed in f32
     dynamic_axes: dict = field(default_factory=dict)   # {input: {axis: symbol}}
+    # {symbol: smallest size it takes at run time}, told to tract (a symbol known to be >= 1
+    # lets tract pick its vectorized element-wise kernels for the shapes that carry it)
+    symbol_min: dict = field(default_factory=dict)
     input_names: tuple | None = None
     output_names: tuple | None = None
     check_io: str | None = "approximate"     # None: no verification
@@ -50,6 +53,11 @@ class ExportOptions:
                     for a, s in axes.items()):
                 raise OptionError(f"bad dynamic axes for {name!r}: {axes!r}",
                                   "give {axis (int): symbol name (identifier)}, e.g. {1: 'S'}")
+        symbols = {s for axes in self.dynamic_axes.values() for s in axes.values()}
+        for symbol, size in self.symbol_min.items():
+            if symbol not in symbols or not isinstance(size, int) or size < 0:
+                raise OptionError(f"bad smallest size {size!r} for symbol {symbol!r}",
+                                  "give {symbol of a dynamic axis: size >= 0}")
         if not (isinstance(self.tgz_level, int) and 0 <= self.tgz_level <= 9):
             raise OptionError(f"bad tgz level {self.tgz_level!r}", "use 0 (no compression) to 9")
         if self.calibration_data is not None and not self.compression:

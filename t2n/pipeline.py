@@ -175,6 +175,7 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         graph = translate(program, input_names=names, output_names=out_names,
                           dynamic_axes=options.dynamic_axes,
                           options=TranslateOptions(options.f32_attention, options.f32_norm))
+        graph.assertions = [f"{s} >= {n}" for s, n in sorted(options.symbol_min.items())]
         graph.properties.update(_properties(options))
         graph.properties.update(properties or {})
     del program
@@ -271,7 +272,7 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
            dump_io: bool = False, tract_binary: str | None = None, f32_attention: bool = False,
            f32_norm: bool = False, tgz_level: int = 0, calibration_data=None,
            calibration_samples: int = 128, observer: str = "minmax",
-           tokenizer=None) -> ExportResult:
+           tokenizer=None, symbol_min=None) -> ExportResult:
     """Export ``model`` called on ``args`` (a tensor or a tuple) to an NNEF bundle at ``path``.
 
     ``check_io`` names the tolerance (exact, close, approximate, very, super, ultra) or is
@@ -282,14 +283,15 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
     A model converted by ``torch.ao.quantization`` (eager mode) is exported as an 8-bit graph.
     ``tokenizer`` is handed to compression functions and reads a text calibration file.
     A compression changes ``model`` in place (as registry functions do): pass a copy to keep
-    the float model.
+    the float model. ``symbol_min`` ({symbol: size}) tells tract the smallest size a dynamic
+    axis takes (e.g. {"S": 1}), which lets it use faster kernels.
     """
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"model is a {type(model).__name__}, not a torch.nn.Module",
                           "pass an nn.Module")
     options = ExportOptions(
         dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-        dynamic_axes=dict(dynamic_axes or {}),
+        dynamic_axes=dict(dynamic_axes or {}), symbol_min=dict(symbol_min or {}),
         input_names=tuple(input_names) if input_names else None,
         output_names=tuple(output_names) if output_names else None,
         check_io=check_io or None, tract_binary=tract_binary, dump_io=dump_io,

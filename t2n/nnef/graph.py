@@ -86,6 +86,7 @@ class Graph:
     operations: list[Operation] = field(default_factory=list)
     registries: set[str] = field(default_factory=lambda: {"tract_core"})
     symbols: list[str] = field(default_factory=list)
+    assertions: list[str] = field(default_factory=list)  # tract_assert facts, e.g. "S >= 1"
     fragments: list[str] = field(default_factory=list)  # names of t2n/nnef/fragments/*.nnef
     properties: dict[str, Any] = field(default_factory=dict)
     quant: dict[str, str] = field(default_factory=dict)  # tensor name -> graph.quant expression

@@ -70,6 +70,7 @@ def render(graph: Graph) -> str:
     lines = ["version 1.0;", ""]
     lines += [f"extension tract_registry {r};" for r in sorted(graph.registries)]
     lines += [f"extension tract_symbol {s};" for s in graph.symbols]
+    lines += [f"extension tract_assert {a};" for a in graph.assertions]
     lines.append("")
     if graph.properties:
         lines += [_properties(graph.properties), ""]

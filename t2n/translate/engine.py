@@ -16,6 +16,7 @@ from t2n.quant import storage_of
 from t2n.translate.context import Ctx, Options, Value
 from t2n.translate.families.quantize import QUANT_META, plan_quantization
 from t2n.translate.registry import lookup, op_name
+from t2n.translate.widen import widen_f16_arithmetic
 
 __all__ = ["translate", "torch_dtype_name", "missing_ops", "node_location"]
 
@@ -240,6 +241,7 @@ def translate(program: ExportedProgram, *, input_names: list[str] | None = None,
 
     plan_quantization(program.graph)
     outputs = _run_graph(ctx, program.graph_module, program.graph, env, dims)
+    widen_f16_arithmetic(graph, outputs)
     _set_outputs(ctx, outputs, output_names)
     _prune(graph)
     return graph
