@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import t2n
 from helpers import Lambda, assert_bundle_matches
 from t2n import verify
-from t2n.nnef.graph import Graph, Input, Operation
+from t2n.nnef.graph import Graph, Input, Operation, Variable
 from t2n.translate.context import Value
 from t2n.translate.engine import _prune
 from t2n.translate.widen import widen_f16_arithmetic
@@ -36,6 +36,20 @@ def test_arithmetic_chain_stays_in_f32_between_casts():
     assert [r.name for r in add.args] == [mul.outputs[0], widened_a]
     assert ops["c"].op == "tract_core_cast" and ops["c"].args[0].name == add.outputs[0]
     assert ops["e"].args[0].name == add.outputs[0]
+
+
+def test_arithmetic_on_a_large_weight_stays_f16():
+    # an f32 copy of a stored weight would double its memory: that op keeps f16
+    x = Value("x", (1024, 1025), "f16")
+    graph = Graph(inputs=[Input("x", "f16", (1024, 1025))], operations=[
+        Operation(["y"], "add", [x, Value("w", (1024, 1025), "f16")]),
+        Operation(["z"], "mul", [x, Value("v", (1, 1025), "f16")]),
+    ], outputs=["y", "z"])
+    graph.variables = [Variable("w", "w", (1024, 1025), "f16", None),
+                       Variable("v", "v", (1, 1025), "f16", None)]
+    widen_f16_arithmetic(graph, [Value("y", (1024, 1025), "f16"), Value("z", (1024, 1025), "f16")])
+    ops = {op.outputs[0]: op for op in graph.operations}
+    assert ops["y"].op == "add" and ops["z"].op == "tract_core_cast"
 
 
 class _Rotary(torch.nn.Module):

@@ -13,10 +13,16 @@ arithmetic on the float16 operands: torch's float16 ones are within rounding of 
 """
 from __future__ import annotations
 
+import math
+
 from t2n.nnef.graph import Graph, Operation, Ref
 from t2n.translate.context import Value
 
 __all__ = ["widen_f16_arithmetic"]
+
+# a stored weight read by arithmetic gets an f32 copy (tract folds the cast at load): above
+# this many values, the op stays f16 rather than double the weight's memory
+LARGE_WEIGHT = 1 << 20
 
 ARITHMETIC = frozenset({
     "add", "sub", "mul", "div", "pow", "min", "max", "neg", "abs", "exp", "log", "log2",
@@ -39,6 +45,7 @@ def widen_f16_arithmetic(graph: Graph, results: list) -> None:
     wide: dict[str, Value] = {}      # float16 tensor -> float32 tensor of (at least) its value
     renames: dict[str, Value] = {}   # a dropped float16 -> float32 cast -> the float32 tensor
     kept_outputs = {v.name for v in results if isinstance(v, Ref)}
+    large = {v.name for v in graph.variables if math.prod(v.shape) > LARGE_WEIGHT}
     rewritten: list[Operation] = []
 
     def fresh(base: str) -> str:
@@ -72,8 +79,8 @@ def widen_f16_arithmetic(graph: Graph, results: list) -> None:
                 renames[out] = wide[source.name]
                 continue
         elif op.op in ARITHMETIC and out is not None and dtypes.get(out) == "f16" and all(
-                not isinstance(a, Ref) or dtype_of(a) == "f16" for a in args) and any(
-                isinstance(a, Ref) for a in args):
+                not isinstance(a, Ref) or dtype_of(a) == "f16" and a.name not in large
+                for a in args) and any(isinstance(a, Ref) for a in args):
             result = Value(fresh(out), None, "f32")
             rewritten.append(Operation([result.name], op.op, [widened(a) for a in args],
                                        dict(op.attrs)))
