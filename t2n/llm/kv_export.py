@@ -21,7 +21,8 @@ from transformers import DynamicCache
 from t2n import compress, verify
 from t2n.errors import OptionError, VerificationError, WriteError
 from t2n.llm.runtime import LLMBundle
-from t2n.llm.wrapper import KVCacheLLM, dynamic_axes, input_names, output_names, past_from_cache
+from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
+                             past_from_cache)
 from t2n.options import ExportOptions
 from t2n.pipeline import ExportResult, export_loaded
 
@@ -134,7 +135,8 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     try:
         export_options = ExportOptions(
             dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-            dynamic_axes=dynamic_axes(n_layers), symbol_min={"P": 0, "S": 1}, input_names=tuple(input_names(n_layers)),
+            dynamic_axes=dynamic_axes(n_layers), symbol_min=SYMBOL_MIN,
+            input_names=tuple(input_names(n_layers)),
             output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
         exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
                                  tokenizer=tokenizer, release=_release,

@@ -29,6 +29,10 @@ def output_names(n_layers: int) -> list[str]:
                           for kv in ("key", "value")]
 
 
+# smallest sizes, told to tract: a call brings at least one token, the past may be empty
+SYMBOL_MIN = {"P": 0, "S": 1}
+
+
 def dynamic_axes(n_layers: int) -> dict:
     """S: new tokens (axis 1 of input_ids); P: past tokens (axis 2 of every cache input)."""
     return {"input_ids": {1: "S"}, **{name: {2: "P"} for name in input_names(n_layers)[1:]}}

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Ref", "Dim", "Input", "Variable", "Operation", "Graph", "DTYPES"]
+__all__ = ["Ref", "Dim", "Input", "Variable", "Operation", "Graph", "DTYPES", "renamed",
+           "ref_names"]
 
 # t2n dtype name -> numpy dtype. The names are tract's datum type names.
 DTYPES = {
@@ -100,3 +101,29 @@ class Graph:
         for op in self.operations:
             counts[op.op] = counts.get(op.op, 0) + 1
         return counts
+
+
+def renamed(value, renames: dict):
+    """``value`` (an argument: a Ref, a literal, or lists/tuples of them) with the Refs named
+    in ``renames`` replaced by the new name (a str) or tensor (a Ref)."""
+    if isinstance(value, Ref):
+        if value.name not in renames:
+            return value
+        new = renames[value.name]
+        return new if isinstance(new, Ref) else Ref(new)
+    if isinstance(value, list):
+        return [renamed(v, renames) for v in value]
+    if isinstance(value, tuple):
+        return tuple(renamed(v, renames) for v in value)
+    return value
+
+
+def ref_names(value, into: set | None = None) -> set:
+    """Names of the tensors ``value`` (an argument) refers to, added to ``into``."""
+    into = set() if into is None else into
+    if isinstance(value, Ref):
+        into.add(value.name)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            ref_names(v, into)
+    return into

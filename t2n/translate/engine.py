@@ -11,7 +11,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from t2n.errors import TranslationError, UnsupportedOpsError
-from t2n.nnef.graph import Dim, Graph, Input, Operation, Ref
+from t2n.nnef.graph import Dim, Graph, Input, Operation, Ref, ref_names, renamed
 from t2n.quant import storage_of
 from t2n.translate.context import Ctx, Options, Value
 from t2n.translate.families.quantize import QUANT_META, plan_quantization
@@ -366,26 +366,8 @@ def _set_outputs(ctx: Ctx, values: list, names: list[str] | None) -> None:
     if renames:
         for op in graph.operations:
             op.outputs = [renames.get(o, o) for o in op.outputs]
-            op.args = _renamed(op.args, renames)
-            op.attrs = {k: _renamed(v, renames) for k, v in op.attrs.items()}
-
-
-def _renamed(value, renames):
-    if isinstance(value, Ref):
-        return Ref(renames[value.name]) if value.name in renames else value
-    if isinstance(value, list):
-        return [_renamed(v, renames) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_renamed(v, renames) for v in value)
-    return value
-
-
-def _refs(value, into: set) -> None:
-    if isinstance(value, Ref):
-        into.add(value.name)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _refs(v, into)
+            op.args = renamed(op.args, renames)
+            op.attrs = {k: renamed(v, renames) for k, v in op.attrs.items()}
 
 
 def _prune(graph: Graph) -> None:
@@ -395,8 +377,8 @@ def _prune(graph: Graph) -> None:
     for op in reversed(graph.operations):
         if any(o in live for o in op.outputs):
             kept.append(op)
-            _refs(op.args, live)
-            _refs(list(op.attrs.values()), live)
+            ref_names(op.args, live)
+            ref_names(list(op.attrs.values()), live)
     graph.operations = kept[::-1]
     graph.variables = [v for v in graph.variables if v.name in live]
     graph.quant = {k: v for k, v in graph.quant.items() if k in live}

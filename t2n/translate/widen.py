@@ -7,15 +7,16 @@ operation on float16 tensors as the same operation on float32 copies, followed b
 to float16 under the original name. A float16 value that is a rounded float32 one (a cast) is
 read as that float32 value, and a cast of a widened value to float32 reads the widened value,
 so chains of arithmetic (a residual stream, rotary embeddings, a gated MLP's product) stay in
-float32 between the matmuls; casts nobody reads any more are pruned afterwards. Matmul inputs,
-stored weights and graph outputs keep their float16 type. The results are those of float32
+float32 between the matmuls; casts nobody reads any more are pruned afterwards. Softmax is
+widened too (tract's float16 one is ~30x slower, and torch accumulates it in float32).
+Matmul inputs, stored weights and graph outputs keep their float16 type. The results are those of float32
 arithmetic on the float16 operands: torch's float16 ones are within rounding of them.
 """
 from __future__ import annotations
 
 import math
 
-from t2n.nnef.graph import Graph, Operation, Ref
+from t2n.nnef.graph import Graph, Operation, Ref, ref_names, renamed
 from t2n.translate.context import Value
 
 __all__ = ["widen_f16_arithmetic"]
@@ -27,7 +28,7 @@ LARGE_WEIGHT = 1 << 20
 ARITHMETIC = frozenset({
     "add", "sub", "mul", "div", "pow", "min", "max", "neg", "abs", "exp", "log", "log2",
     "sqrt", "rsqrt", "sqr", "sin", "cos", "tanh", "sigmoid", "tract_core_erf", "tract_core_silu",
-    "tract_core_gelu_approx",
+    "tract_core_gelu_approx", "softmax", "tract_core_log_softmax",
 })
 # operations that only move values: given float32 copies of all their inputs, they also get
 # a float32 copy, so that a slice-negate-concat (rotate_half) needs no casts
@@ -69,7 +70,7 @@ def widen_f16_arithmetic(graph: Graph, results: list) -> None:
         return wide[arg.name]
 
     for op in graph.operations:
-        args = [_renamed(a, renames) for a in op.args]
+        args = [renamed(a, renames) for a in op.args]
         out = op.outputs[0] if len(op.outputs) == 1 else None
         if op.op == "tract_core_cast" and out is not None and isinstance(args[0], Ref):
             source, to = args[0], op.attrs.get("to")
@@ -88,24 +89,16 @@ def widen_f16_arithmetic(graph: Graph, results: list) -> None:
             wide[out] = result
             continue
         op.args = args
-        op.attrs = {k: _renamed(v, renames) for k, v in op.attrs.items()}
+        op.attrs = {k: renamed(v, renames) for k, v in op.attrs.items()}
         rewritten.append(op)
-        refs = _ref_list(args)
-        if op.op in MOVEMENT and out is not None and dtypes.get(out) == "f16" and refs and all(
-                r.name in wide for r in refs):
+        read = ref_names(args)
+        if op.op in MOVEMENT and out is not None and dtypes.get(out) == "f16" and read \
+                and read <= wide.keys():
             result = Value(fresh(out), None, "f32")
-            rewritten.append(Operation([result.name], op.op, _renamed(args, wide),
+            rewritten.append(Operation([result.name], op.op, renamed(args, wide),
                                        dict(op.attrs)))
             wide[out] = result
     graph.operations = rewritten
-
-
-def _ref_list(value) -> list:
-    if isinstance(value, Ref):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [r for v in value for r in _ref_list(v)]
-    return []
 
 
 def _typed(ref: Ref, dtype: str) -> Value:
@@ -129,12 +122,3 @@ def _known_dtypes(graph: Graph, results: list) -> dict[str, str]:
     visit(results)
     return dtypes
 
-
-def _renamed(value, renames: dict):
-    if isinstance(value, Ref):
-        return renames.get(value.name, value)
-    if isinstance(value, list):
-        return [_renamed(v, renames) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_renamed(v, renames) for v in value)
-    return value

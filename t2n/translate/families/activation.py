@@ -221,9 +221,6 @@ def _softmax_like(ctx, op, self, dim):
     if x.rank == 0:  # one element: tract wants an axis, so go through shape [1]
         x1 = ctx.op("unsqueeze", x, axes=[0], **ctx.like(x, shape=(1,)))
         return ctx.op("squeeze", ctx.op(op, x1, axes=[0], **ctx.like(x1)), axes=[0])
-    if x.dtype == "f16":  # in f32: more exact, and tract's f16 softmax is ~30x slower
-        y = ctx.op(op, ctx.cast(x, "f32"), axes=[axis(dim, x.rank)], shape=x.shape, dtype="f32")
-        return ctx.cast(y, "f16")
     return ctx.op(op, x, axes=[axis(dim, x.rank)])
 
 
