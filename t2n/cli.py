@@ -50,9 +50,26 @@ def _run(ctx, fn, *args, **kwargs):
         _fail(e, verbose)
 
 
+def _print_version(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from t2n import __version__
+    from t2n.compat import TESTED, untested, versions
+
+    found = versions()
+    click.echo(f"t2n {__version__} (" + ", ".join(f"{k} {v}" for k, v in found.items()) + ")")
+    for package in TESTED:
+        message = untested(package, found[package])
+        if message:
+            click.echo(f"warning: {message}", err=True)
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Debug logs and tracebacks.")
-@click.version_option(package_name="t2n")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show t2n's version and those of python, torch, transformers, tract, numpy.")
 @click.pass_context
 def main(ctx, verbose):
     """Export PyTorch models to NNEF bundles that tract runs, and prove it."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t2n.compat import warn_untested
 from t2n.errors import LoadError, OptionError
 
 __all__ = ["Loaded", "InputSpec", "load_model", "parse_input_shape", "read_example_inputs",
@@ -187,6 +188,7 @@ def _hub_folder(repo_id: str) -> Path:
 def _hf_model(folder: Path, task: str | None, dtype: torch.dtype):
     import transformers
     from transformers import AutoConfig
+    warn_untested("transformers")
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as e:
@@ -219,6 +221,7 @@ def _hf_model(folder: Path, task: str | None, dtype: torch.dtype):
 def _gguf_model(path: Path, dtype: torch.dtype):
     """A causal LM from a GGUF file, dequantized to ``dtype`` by transformers."""
     import transformers
+    warn_untested("transformers")
     name, folder = path.name, path.parent
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch.export import Dim, ExportedProgram
 
+from t2n.compat import warn_untested
 from t2n.errors import OptionError, TraceError
 from t2n.trace_patches import symbolic_rnn_shapes
 
@@ -56,6 +57,7 @@ def capture(module: torch.nn.Module, args: tuple, kwargs: dict | None = None, *,
             dynamic_axes: dict | None = None, input_names: list[str] | None = None
             ) -> ExportedProgram:
     """torch.export the module; failures become one TraceError naming the module and reason."""
+    warn_untested("torch")
     kwargs = kwargs or {}
     names = input_names or [f"input_{i}" for i in range(len(args) + len(kwargs))]
     dynamic = dynamic_shapes_for(module, args, kwargs, dynamic_axes or {}, names)

@@ -8,6 +8,7 @@ import transformers
 from transformers import DynamicCache
 
 from t2n import OptionError, VerificationError, WriteError, verify
+from t2n.compat import cache_argument
 from t2n.llm import BUNDLE_NAME, LLMBundle, export_llm
 from t2n.llm.wrapper import past_from_cache
 from t2n.verify import load_tract_model
@@ -60,7 +61,7 @@ def exported(request, tmp_path_factory):
 
 def _torch_step(model, ids, cache, keep=1):
     with torch.no_grad():
-        out = model(ids, past_key_values=cache, use_cache=True)
+        out = model(ids, use_cache=True, **{cache_argument(model): cache})
     logits = out.logits[:, -keep:] if keep else out.logits
     return [t.numpy().copy() for t in (logits, *past_from_cache(cache))]
 

@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from t2n import compress, verify
+from t2n.compat import cache_argument, warn_untested
 from t2n.errors import OptionError, VerificationError, WriteError
 from t2n.llm.runtime import LLMBundle
 from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
@@ -94,6 +95,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         raise WriteError(f"destination {bundle_path} already exists",
                          "pass overwrite=True or choose another export_dir")
 
+    warn_untested("transformers")
     model = _prepared(model, dtype)
     config = model.config
     ids = _sample_ids(model, tokenizer, max(EXAMPLE_PAST + EXAMPLE_NEW, PROMPT_LEN + 1))
@@ -190,7 +192,7 @@ def _sample_ids(model, tokenizer, n: int) -> torch.Tensor:
 def _prefill(model, ids: torch.Tensor) -> list[torch.Tensor]:
     """The past keys/values of ``ids``, one full (non-sliding) cache layer per model layer."""
     cache = DynamicCache()
-    model(ids, past_key_values=cache, use_cache=True)
+    model(ids, use_cache=True, **{cache_argument(model): cache})
     past = past_from_cache(cache)
     if not past or any(t is None or t.dim() != 4 for t in past):
         raise OptionError(f"{type(model).__name__} does not keep a [batch, heads, seq, dim] "

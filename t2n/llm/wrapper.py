@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from t2n.compat import cache_argument
 from t2n.errors import OptionError
 
 __all__ = ["KVCacheLLM", "input_names", "output_names", "dynamic_axes", "past_from_cache"]
@@ -72,9 +73,7 @@ class KVCacheLLM(torch.nn.Module):
             raise OptionError(f"num_logits_to_keep={num_logits_to_keep!r}",
                               "give 0 (logits of every input token) or a positive count")
         params = inspect.signature(model.forward).parameters
-        if "past_key_values" not in params:
-            raise OptionError(f"{type(model).__name__}.forward takes no past_key_values",
-                              "export a transformers causal LM (…ForCausalLM)")
+        self._cache_kwarg = cache_argument(model)
         self.model = model
         self.num_logits_to_keep = num_logits_to_keep
         self._keep_kwarg = "logits_to_keep" in params
@@ -85,7 +84,8 @@ class KVCacheLLM(torch.nn.Module):
         cache = DynamicCache()
         cache.layers = [_PastLayer(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         kwargs = {"logits_to_keep": self.num_logits_to_keep} if self._keep_kwarg else {}
-        out = self.model(input_ids, past_key_values=cache, use_cache=True, **kwargs)
+        kwargs[self._cache_kwarg] = cache
+        out = self.model(input_ids, use_cache=True, **kwargs)
         logits = out.logits
         if self.num_logits_to_keep and not self._keep_kwarg:
             logits = logits[:, -self.num_logits_to_keep:]
