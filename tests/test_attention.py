@@ -109,3 +109,40 @@ def test_sdpa_over_repeated_keys_reads_them_unrepeated(tmp_path):
     graph = (result.path / "graph.nnef").read_text()
     assert "tract_core_broadcast" not in graph and "tile(" not in graph
     assert graph.count("matmul(") == 2
+
+
+def _tile_heads(x, groups):
+    # a look-alike of repeat_kv: the G copies tile the heads (query head h reads h % Hkv)
+    b, h, t, d = x.shape
+    return x.unsqueeze(2).repeat(1, groups, 1, 1, 1).reshape(b, h * groups, t, d)
+
+
+def _tile_new_axis(x, groups):
+    # repeat_kv written with repeat along the new axis (query head h reads h // G)
+    b, h, t, d = x.shape
+    return x.unsqueeze(2).repeat(1, 1, groups, 1, 1).reshape(b, h * groups, t, d)
+
+
+def _expand_before_heads(x, groups):
+    # copies in front of the heads (h % Hkv again), through an expand this time
+    b, h, t, d = x.shape
+    return x.unsqueeze(1).expand(b, groups, h, t, d).reshape(b, h * groups, t, d)
+
+
+def _interleave(x, groups):
+    return x.repeat_interleave(groups, dim=1)
+
+
+@pytest.mark.parametrize("repeat, unrepeated", [
+    (_repeat_kv, True), (_interleave, True), (_tile_new_axis, True),
+    (_tile_heads, False), (_expand_before_heads, False)],
+    ids=lambda p: p.__name__.strip("_") if callable(p) else ("read_unrepeated" if p
+                                                              else "literal"))
+def test_repeated_keys_are_read_unrepeated_only_for_h_div_g(repeat, unrepeated, tmp_path):
+    """Only repetitions where query head h reads key/value head h // G are folded into the
+    grouped matmul; the others (h % Hkv) are translated literally, and all match torch."""
+    fn = Lambda(lambda q, k, v: F.scaled_dot_product_attention(q, repeat(k, 3), repeat(v, 3)))
+    result = assert_bundle_matches(fn, qkv(h=6, kv_heads=2, s=3, kv_len=5), tmp_path)
+    graph = (result.path / "graph.nnef").read_text()
+    repeated = "tract_core_broadcast" in graph or "tile(" in graph
+    assert repeated != unrepeated, graph

@@ -121,9 +121,12 @@ def _regroup(ctx, x, sizes: list):
 
 
 def _unrepeated_pair(ctx, query, key, value):
-    """The key and value before transformers' repeat_kv, when both were repeated for
-    grouped-query attention (unsqueeze at 2, broadcast to [B, Hkv, G, T, D], reshape to
-    [B, Hkv*G, T, D]); else ``key`` and ``value`` as given."""
+    """The key and value before a grouped-query repetition, when both were repeated so that
+    query head h reads key/value head h // G: transformers' repeat_kv (unsqueeze at 2,
+    broadcast [B, Hkv, 1, T, D] -> [B, Hkv, G, T, D], reshape to [B, Hkv*G, T, D]),
+    ``repeat_interleave(G, dim=1)`` (the same three ops) or the same with a tile along the new
+    axis. Any other repetition (a tile along the heads, h % Hkv) is left as it is and
+    translated literally. Else ``key`` and ``value`` as given."""
     pair = (_unrepeated(ctx, key), _unrepeated(ctx, value))
     if None in pair or not _same_dim(pair[0].shape[1], pair[1].shape[1]):
         return key, value
@@ -131,8 +134,12 @@ def _unrepeated_pair(ctx, query, key, value):
 
 
 def _unrepeated(ctx, x):
+    """``x``'s source [B, Hkv, T, D] if ``x`` [B, Hkv*G, T, D] repeats each of its heads G
+    times in a row (head h is source head h // G), else None."""
+    if x.shape is None or len(x.shape) != 4:
+        return None
     made = _producer(ctx, x)
-    if made is None or made.op != "reshape" or x.shape is None or len(x.shape) != 4:
+    if made is None or made.op != "reshape":
         return None
     spread = _producer(ctx, made.args[0])
     if spread is None or spread.op not in ("tract_core_broadcast", "tile"):
@@ -148,6 +155,15 @@ def _unrepeated(ctx, x):
     if not (isinstance(kv_heads, int) and isinstance(heads, int)) or heads % kv_heads \
             or not all(_same_dim(a, c) for a, c in zip((b, t, d), (x.shape[0], *x.shape[2:]))):
         return None
+    groups = heads // kv_heads
+    # the repetition must be along the new axis 2 only: [B, Hkv, 1, T, D] -> [B, Hkv, G, T, D]
+    if spread.op == "tile" and list(spread.attrs.get("repeats", ())) != [1, 1, groups, 1, 1]:
+        return None
+    if spread.op == "tract_core_broadcast":
+        target = spread.attrs.get("shape")
+        if target is None or len(target) != 5 or target[2] != groups or not all(
+                _same_dim(a, c) for a, c in zip((b, kv_heads, t, d), (*target[:2], *target[3:]))):
+            return None
     return source
 
 
