@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from t2n import __version__, compress, trace as trace_mod, verify
-from t2n.errors import OptionError, VerificationError, WriteError
+from t2n.errors import OptionError, WriteError
 from t2n.memory import free_memory
 from t2n.nnef import bundle as bundle_mod
 from t2n.options import ExportOptions
@@ -207,12 +208,8 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                                         options.check_io, binary=options.tract_binary,
                                         steps=output_steps)
             if not result_v.passed:
-                bad = [o for o in result_v.outputs if not o.passed]
-                raise VerificationError(
-                    f"tract disagrees with torch on {', '.join(o.name for o in bad)}: "
-                    f"{bad[0].problem} (max abs diff {bad[0].max_abs:.3g})",
-                    f"nothing was written to {path}; try a looser --check-io level or "
-                    "report the model", verification=result_v)
+                raise verify.mismatch_error(result_v, "on",
+                                            _kept_failed(folder, path, options.dump_io))
         with stages("publish", lambda: f"{path} ({bundle_mod.bundle_format(path)})"):
             bundle.path = bundle_mod.publish(folder, path, options.tgz_level)
     except BaseException:
@@ -220,6 +217,18 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         raise
     return ExportResult(bundle.path, bundle, result_v, stages.timings, input_ids, output_names,
                         quantization)
+
+
+def _kept_failed(folder: Path, path: Path, dump_io: bool) -> str:
+    """With --dump-io, the failing bundle (and its inputs and torch's outputs) is kept
+    beside the destination as ``<name>.failed`` for `t2n check` and a report; the
+    destination itself is untouched."""
+    if not dump_io:
+        return f"nothing was written to {path}"
+    failed = path.with_name(path.name + ".failed")
+    bundle_mod.discard(failed)
+    os.replace(folder, failed)
+    return f"nothing was written to {path}; the failing bundle is kept in {failed}"
 
 
 def _write(graph, folder, extra, progress):

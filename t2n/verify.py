@@ -15,7 +15,7 @@ import numpy as np
 from t2n.errors import OptionError, VerificationError
 
 __all__ = ["TOLERANCES", "OutputDiff", "Verification", "run_tract", "compare", "check",
-           "load_tract_model", "tract_error_line"]
+           "load_tract_model", "tract_error_line", "mismatch_error"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,15 @@ TOLERANCES = {
     "super": (0.1, 0.05, 0.0001),
     "ultra": (0.2, 0.1, 0.0005),
 }
+# a failed output whose max difference exceeds this fraction of the output's range is a
+# translation bug, not a matter of tolerance
+GROSS_FRACTION = 0.01
+# Outputs of 8-bit graphs are checked within one quantization step per value (tract's integer
+# arithmetic and torch's float one may round a value to the neighbouring level), and as a
+# whole: an SQNR floor (the test models give 44 to 62 dB) and no shift of their mean by half a
+# step or more (flips go either way; a wrong zero point moves every value the same way).
+MIN_SQNR_DB = 30.0
+MAX_MEAN_SHIFT = 0.5
 # tract loosens two levels for f16 outputs.
 _F16_TOLERANCES = {"close": (1e-3, 1e-3, 0.0), "approximate": (1e-3, 5e-3, 0.0)}
 
@@ -52,6 +61,16 @@ class OutputDiff:
     outliers: int
     passed: bool
     problem: str = ""
+    span: float = 0.0        # torch output's range (max - min of its finite values)
+    sqnr: float = float("inf")  # torch output's power over the difference's, in dB
+    worst: tuple = ()        # index of the largest difference
+    worst_values: tuple = () # (tract, torch) there
+
+    @property
+    def gross(self) -> bool:
+        """Far beyond any tolerance: a max difference above GROSS_FRACTION of the range."""
+        return not self.passed and (not np.isfinite(self.max_abs)
+                                    or self.max_abs > GROSS_FRACTION * max(self.span, 1e-6))
 
 
 @dataclass
@@ -75,6 +94,46 @@ class Verification:
         if len(shown) < len(self.outputs):
             parts.append(f"... {len(self.outputs)} outputs, worst shown")
         return "; ".join(parts)
+
+    def report(self) -> str:
+        """Several lines: every output with its worst element (what ``-v`` shows)."""
+        lines = [f"tract vs torch ({self.tolerance}, {self.runner}):"]
+        for o in self.outputs:
+            where = ""
+            if o.worst:
+                where = (f" worst at {list(o.worst)}: tract {o.worst_values[0]:.6g} torch "
+                         f"{o.worst_values[1]:.6g}")
+            lines.append(f"  {o.name} {list(o.shape)}: {'ok' if o.passed else 'FAIL'} "
+                         f"max_abs={o.max_abs:.3g} ({o.max_abs / max(o.span, 1e-12):.2%} of "
+                         f"range {o.span:.3g}) max_rel={o.max_rel:.3g} cos={o.cosine:.7f} "
+                         f"outliers={o.outliers}{where}")
+        return "\n".join(lines)
+
+
+def mismatch_error(result: Verification, what: str, nothing_written: str,
+                   flag: str = "--check-io") -> VerificationError:
+    """The error for a failed check. Outputs off by more than GROSS_FRACTION of their range
+    are a translation bug: the message says so instead of suggesting a looser tolerance.
+    ``what``: where it happened ("on", "in prompt mode on"); the full report goes to the
+    debug log (``-v``)."""
+    bad = [o for o in result.outputs if not o.passed]
+    log.debug("%s", result.report())
+    gross = [o for o in bad if o.gross]
+    if gross:
+        worst = max(gross, key=lambda o: o.max_abs / max(o.span, 1e-12))
+        return VerificationError(
+            f"tract disagrees with torch {what} {', '.join(o.name for o in gross)} far beyond "
+            f"any tolerance (max abs diff {worst.max_abs:.3g}, "
+            f"{worst.max_abs / max(worst.span, 1e-12):.0%} of {worst.name}'s range): a "
+            "translation bug, not a tolerance setting",
+            f"{nothing_written}; rerun with -v for a per-output report (and --dump-io to keep "
+            "the failing bundle with its inputs), and please report the model",
+            verification=result)
+    return VerificationError(
+        f"tract disagrees with torch {what} {', '.join(o.name for o in bad)}: "
+        f"{bad[0].problem} (max abs diff {bad[0].max_abs:.3g})",
+        f"{nothing_written}; try a looser {flag} level, rerun with -v for a per-output "
+        "report, or report the model", verification=result)
 
 
 def tract_error_line(err: Exception) -> str:
@@ -176,7 +235,17 @@ def _diff(name, a, b, tolerance, step=0.0) -> OutputDiff:
         atol = max(atol, step * (1 + 1e-3))
         outlier_frac = max(outlier_frac, flips)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _diff_values(name, a, b, atol, rtol, outlier_frac)
+        diff = _diff_values(name, a, b, atol, rtol, outlier_frac)
+    if step and diff.passed and b.size:
+        shift = float(np.mean(np.nan_to_num(a.astype(np.float64) - b.astype(np.float64))))
+        if diff.sqnr < MIN_SQNR_DB:
+            diff.passed = False
+            diff.problem = f"SQNR {diff.sqnr:.1f} dB below the {MIN_SQNR_DB:g} dB floor"
+        elif abs(shift) >= MAX_MEAN_SHIFT * step:
+            diff.passed = False
+            diff.problem = (f"mean shifted by {shift / step:+.2f} of the 8-bit step {step:.3g} "
+                            "(a zero point or rounding offset)")
+    return diff
 
 
 def _diff_values(name, a, b, atol, rtol, outlier_frac) -> OutputDiff:
@@ -195,7 +264,16 @@ def _diff_values(name, a, b, atol, rtol, outlier_frac) -> OutputDiff:
     cos = float(fx @ fy / (nx * ny)) if nx > 0 and ny > 0 else (1.0 if nx == ny else 0.0)
     passed = outliers == 0 if outlier_frac == 0 else outliers / max(1, b.size) <= outlier_frac
     problem = "" if passed else (f"{outliers}/{b.size} values outside atol={atol:g} rtol={rtol:g}")
-    return OutputDiff(name, b.shape, max_abs, max_rel, cos, outliers, passed, problem)
+    noise = float(np.sum((fx - fy) ** 2))
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(max(float(fy @ fy), 1e-300) / noise)
+    finite = y[np.isfinite(y)]
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    worst, values = (), ()
+    if err.size:
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape))
+        values = (float(x[worst]), float(y[worst]))
+    return OutputDiff(name, b.shape, max_abs, max_rel, cos, outliers, passed, problem, span,
+                      sqnr, worst, values)
 
 
 def check(path, inputs: list[np.ndarray], expected: list[np.ndarray], names: list[str],

@@ -42,20 +42,63 @@ def test_check_fails_on_perturbed_reference(tmp_path):
     assert not bad.passed and bad.outputs[0].outliers > 0
 
 
-def test_mismatch_raises_and_publishes_nothing(tmp_path):
-    """A wrong translator (sin emitted as cos) is caught and nothing is written."""
+def _with_sin_as(emit):
+    """A context: aten.sin translated by ``emit(ctx, x)`` (a deliberately wrong translator)."""
+    import contextlib
     target = torch.ops.aten.sin.default
-    saved = TRANSLATORS[target]
 
-    @translates(target, override=True)
-    def wrong_sin(ctx, self):
-        return ctx.op("cos", self)
-    try:
-        with pytest.raises(t2n.VerificationError, match="disagrees"):
-            t2n.export(Lambda(torch.sin), torch.randn(4, 4), tmp_path / "out")
-    finally:
-        TRANSLATORS[target] = saved
+    @contextlib.contextmanager
+    def patched():
+        saved = TRANSLATORS[target]
+        translates(target, override=True)(lambda ctx, self: emit(ctx, self))
+        try:
+            yield
+        finally:
+            TRANSLATORS[target] = saved
+    return patched()
+
+
+def test_mismatch_raises_and_publishes_nothing(tmp_path):
+    """A wrong translator (sin emitted as cos) is caught, named a translation bug (no advice
+    to loosen the tolerance) and nothing is written."""
+    with _with_sin_as(lambda ctx, x: ctx.op("cos", x)), \
+            pytest.raises(t2n.VerificationError) as err:
+        t2n.export(Lambda(torch.sin), torch.randn(4, 4), tmp_path / "out")
+    message = str(err.value)
+    assert "far beyond any tolerance" in message and "translation bug" in message
+    assert "looser" not in message and "-v" in message and "--dump-io" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_small_mismatch_suggests_a_looser_level(tmp_path):
+    """Off by 2e-3 (0.1% of the output's range): a tolerance matter, not a translation bug."""
+    def slightly_off(ctx, x):
+        y = ctx.op("sin", x, shape=x.shape, dtype=x.dtype)
+        return ctx.op("add", y, ctx.scalar(2e-3, x.dtype))
+    with _with_sin_as(slightly_off), pytest.raises(t2n.VerificationError) as err:
+        t2n.export(Lambda(torch.sin), torch.randn(4, 4) * 3, tmp_path / "out")
+    assert "looser --check-io level" in str(err.value)
+    assert "translation bug" not in str(err.value)
+    with _with_sin_as(slightly_off):  # and the looser level passes
+        t2n.export(Lambda(torch.sin), torch.randn(4, 4) * 3, tmp_path / "out", check_io="very")
+
+
+def test_mismatch_with_dump_io_keeps_the_failing_bundle_aside(tmp_path):
+    with _with_sin_as(lambda ctx, x: ctx.op("cos", x)), \
+            pytest.raises(t2n.VerificationError, match="kept in .*out.failed"):
+        t2n.export(Lambda(torch.sin), torch.randn(4, 4), tmp_path / "out", dump_io=True)
+    assert not (tmp_path / "out").exists()
+    report = check_bundle(tmp_path / "out.failed")
+    assert not report.passed and report.outputs[0].gross
+
+
+def test_report_names_the_worst_element():
+    got, want = np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    want[1, 2], want[0, 0] = 4.0, -1.0
+    result = verify.compare([got], [want], ["y"], "approximate")
+    (diff,) = result.outputs
+    assert diff.worst == (1, 2) and diff.worst_values == (0.0, 4.0) and diff.span == 5.0
+    assert diff.gross and "worst at [1, 2]: tract 0 torch 4" in result.report()
 
 
 def test_existing_destination_refused(tmp_path):

@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from t2n import compress, verify
 from t2n.compat import cache_argument, warn_untested
-from t2n.errors import OptionError, VerificationError, WriteError
+from t2n.errors import OptionError, WriteError
 from t2n.llm.runtime import LLMBundle
 from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
                              past_from_cache)
@@ -234,10 +234,6 @@ def _check_modes(bundle_path, checks: dict, tolerance: str) -> dict[str, verify.
         log.info("%-10s %s (%s): %s", mode, "ok" if result.passed else "MISMATCH", tolerance,
                  result.summary())
         if not result.passed:
-            bad = [o for o in result.outputs if not o.passed]
-            raise VerificationError(
-                f"tract disagrees with torch in {mode} mode on {', '.join(o.name for o in bad)}:"
-                f" {bad[0].problem} (max abs diff {bad[0].max_abs:.3g})",
-                "nothing was written; try a looser check_io level or report the model",
-                verification=result)
+            raise verify.mismatch_error(result, f"in {mode} mode on", "nothing was written",
+                                        flag="--tract-check-io-tolerance")
     return modes
