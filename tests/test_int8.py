@@ -18,6 +18,7 @@ from torch import nn
 import t2n
 from t2n import verify
 from t2n.bundles import tract_quantized_tensors
+from t2n.quant.int8 import FakeQuant
 
 warnings.filterwarnings("ignore", module="torch.ao")
 BIN = Path(sys.executable).parent
@@ -219,3 +220,45 @@ def test_ptq_int8_cli_with_npz_calibration(tmp_path):
     assert missing.returncode == 2 and "--calibration-data" in missing.stderr
     errors = [ln for ln in missing.stderr.splitlines() if not ln.startswith("t2n: ")]
     assert len(errors) == 1 and not (tmp_path / "m2.tgz").exists()  # one error line
+
+
+# -- the 8-bit check gates ------------------------------------------------------------------
+@pytest.mark.parametrize("amplitude, problem", [(4, "SQNR"), (100, "mean shifted")],
+                         ids=["4_steps", "100_steps"])
+def test_within_one_step_but_shifted_everywhere_fails(amplitude, problem):
+    """Every value off by 0.9 of a step (what a wrong zero point does) passes the step bound
+    alone, not the SQNR floor (small outputs) or the mean-shift bound (large ones); on an
+    output spanning 200 levels, a few values one level off either way pass all three."""
+    step = 0.1
+    torch_out = np.linspace(-amplitude, amplitude, 40).round().astype(np.float32) * step
+    shifted = torch_out + 0.9 * step
+    (diff,) = verify.compare([shifted], [torch_out], ["y"], "approximate", {"y": step}).outputs
+    assert diff.outliers == 0 and not diff.passed and problem in diff.problem
+    if amplitude < 100:
+        return
+    flipped = torch_out.copy()
+    flipped[[3, 30]] += step
+    flipped[17] -= step
+    assert verify.compare([flipped], [torch_out], ["y"], "approximate", {"y": step}).passed
+
+
+class TwoHeads(nn.Module):
+    """A coarse 8-bit activation feeds one output; the other is computed in float only."""
+
+    def __init__(self):
+        super().__init__()
+        self.coarse = FakeQuant(0.5, 0, torch.quint8)
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.a(self.coarse(x)), self.b(x)
+
+
+def test_each_output_gets_the_step_of_its_own_8bit_ancestors(tmp_path):
+    torch.manual_seed(0)
+    result = t2n.export(TwoHeads(), torch.rand(3, 8) * 4, tmp_path / "b", dump_io=True)
+    assert result.verification.passed
+    meta = __import__("json").loads((tmp_path / "b" / "t2n.json").read_text())
+    names = result.output_names
+    assert meta["output_steps"][names[0]][0] == pytest.approx(0.5)
+    assert names[1] not in meta["output_steps"]   # float only: checked as float

@@ -93,8 +93,8 @@ class Graph:
     quant: dict[str, str] = field(default_factory=dict)  # tensor name -> graph.quant expression
     # outputs dequantized from 8-bit tensors: name -> quantization step (scale)
     output_steps: dict[str, float] = field(default_factory=dict)
-    # scales of the activations quantized from float (8-bit graphs)
-    activation_steps: list[float] = field(default_factory=list)
+    # 8-bit graphs: activation quantized from float -> its scale
+    activation_steps: dict[str, float] = field(default_factory=dict)
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -356,8 +356,12 @@ def _set_outputs(ctx: Ctx, values: list, names: list[str] | None) -> None:
         elif graph.activation_steps:
             # a float output computed from 8-bit activations: torch's float arithmetic and
             # tract's integer one may round a value near a level boundary to neighbouring
-            # levels, so the output may move by what one level of the coarsest input moves
-            graph.output_steps[name] = (max(graph.activation_steps), FLIP_FRACTION)
+            # levels, so the output may move by what one level of its coarsest 8-bit
+            # ancestor moves (the verification also holds it to an SQNR floor)
+            steps = [graph.activation_steps[a] for a in _ancestors(value.name, produced)
+                     if a in graph.activation_steps]
+            if steps:
+                graph.output_steps[name] = (max(steps), FLIP_FRACTION)
         if value.name in produced and value.name not in renames:
             renames[value.name] = name
         else:
@@ -368,6 +372,20 @@ def _set_outputs(ctx: Ctx, values: list, names: list[str] | None) -> None:
             op.outputs = [renames.get(o, o) for o in op.outputs]
             op.args = renamed(op.args, renames)
             op.attrs = {k: renamed(v, renames) for k, v in op.attrs.items()}
+
+
+def _ancestors(name: str, produced: dict) -> set[str]:
+    """``name`` and every tensor it is computed from."""
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        op = produced.get(current)
+        if op is not None:
+            todo.extend(ref_names(op.args) | ref_names(list(op.attrs.values())))
+    return seen
 
 
 def _prune(graph: Graph) -> None:

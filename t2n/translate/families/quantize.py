@@ -114,8 +114,9 @@ def fake_quantize_per_tensor_affine(ctx, self, scale, zero_point, quant_min, qua
     if not self.is_float and self.quant is None:
         raise TranslationError(f"fake quantization of a {self.dtype} tensor",
                                "quantize float tensors only")
-    ctx.graph.activation_steps.append(float(scale))
-    return _cast_quantized(ctx, self, qparams, name=ctx.node.name)
+    q = _cast_quantized(ctx, self, qparams, name=ctx.node.name)
+    ctx.graph.activation_steps[q.name] = float(scale)
+    return q
 
 
 def _i32_bias(ctx, bias, x: Value, w: Value, shape=None):
