@@ -11,9 +11,13 @@ from t2n.errors import OptionError, T2NError
 
 log = logging.getLogger("t2n")
 
+_F16_ARITHMETIC_HELP = ("With f16: element-wise arithmetic on f32 copies (f32: faster in tract "
+                        "on x86) or in f16 (native: for CPUs with f16 arithmetic, ARMv8.2+).")
+
 _CONFIG_KEYS = {  # keys accepted in --config FILE.toml ([export] table or top level)
     "model", "output", "task", "input_shape", "example_inputs", "dynamic_axes", "dtype",
-    "f32_attn", "f32_norm", "input_names", "output_names", "check_io", "no_verify",
+    "f32_attn", "f32_norm", "f16_arithmetic", "input_names", "output_names", "check_io",
+    "no_verify",
     "tract_binary", "dump_io", "overwrite", "compression", "compression_registry", "tgz_level",
     "calibration_data", "calibration_samples", "observer",
 }
@@ -122,6 +126,8 @@ def _merged(ctx, config: dict, name: str, value):
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), help="Float type of the bundle.")
 @click.option("--f32-attn", "f32_attn", is_flag=True, help="With f16: attention in f32.")
 @click.option("--f32-norm", "f32_norm", is_flag=True, help="With f16: norms in f32.")
+@click.option("--f16-arithmetic", "f16_arithmetic", type=click.Choice(["f32", "native"]),
+              default="f32", show_default=True, help=_F16_ARITHMETIC_HELP)
 @click.option("--input-names", help="Comma-separated names for the graph inputs.")
 @click.option("--output-names", help="Comma-separated names for the graph outputs.")
 @click.option("--check-io", default=None,
@@ -157,7 +163,7 @@ def export(ctx, config_file, **flags):
 
 def _export(ctx, config_file, flags):
     from t2n.load import load_model
-    from t2n.options import ExportOptions, parse_dynamic_axis
+    from t2n.options import ExportOptions, parse_dynamic_axis, resolve_tolerance
     from t2n.pipeline import export_loaded
 
     config = _load_config(config_file)
@@ -176,10 +182,11 @@ def _export(ctx, config_file, flags):
             tuple(v) if v else None)
     options = ExportOptions(
         dtype=o["dtype"], f32_attention=bool(o["f32_attn"]), f32_norm=bool(o["f32_norm"]),
+        f16_arithmetic=o["f16_arithmetic"],
         dynamic_axes=axes, input_names=names(o["input_names"]),
         output_names=names(o["output_names"]),
-        check_io=None if o["no_verify"] else (
-            o["check_io"] or ("very" if o["dtype"] == "f16" else "approximate")),
+        check_io=None if o["no_verify"] else resolve_tolerance(
+            o["check_io"] or "auto", o["dtype"], o["compression"]),
         tract_binary=str(o["tract_binary"]) if o["tract_binary"] else None,
         dump_io=bool(o["dump_io"]), overwrite=bool(o["overwrite"]),
         compression=o["compression"], compression_registry=o["compression_registry"],
@@ -266,6 +273,7 @@ def compressions(ctx, compression_registry):
 
 # -- LLMs -------------------------------------------------------------------------------------
 _LLM_CONFIG_KEYS = {"model_slug", "export_dirpath", "dtype", "f32_attn", "f32_norm",
+                    "f16_arithmetic",
                     "compression", "compression_registry", "dump_with_tokenizer_and_conf",
                     "tract_check_io_tolerance", "no_verify", "overwrite", "num_logits_to_keep",
                     "export_dir_struct"}
@@ -285,6 +293,8 @@ def _llm_options(fn):
                      is_flag=True, help="With f16: attention in f32."),
         click.option("-f32-norm", "--f32-norm", "--force-f32-normalization", "f32_norm",
                      is_flag=True, help="With f16: norms in f32."),
+        click.option("--f16-arithmetic", "f16_arithmetic", type=click.Choice(["f32", "native"]),
+                     default="f32", show_default=True, help=_F16_ARITHMETIC_HELP),
         click.option("-c", "--compression", "--compression-method", "compression",
                      help="Compression name (see 't2n compressions')."),
         click.option("--compression-registry", metavar="PKG.MOD:NAME",
@@ -311,16 +321,9 @@ def _llm_options(fn):
     return fn
 
 
-def _llm_tolerance(dtype, compression) -> str:
-    """Default check level: f16 logits move more than f32 ones (very), and tract's f16 kernels
-    on 4-bit weights accumulate differently from torch's dequantized f16 matmuls (super)."""
-    if dtype == "f16":
-        return "super" if compression else "very"
-    return "approximate"
-
-
 def _export_llm(ctx, config_file, flags):
     from t2n.llm import export_llm
+    from t2n.options import resolve_tolerance
     from t2n.load import load_model
     config = _load_config(config_file, _LLM_CONFIG_KEYS, table="export-llm")
     o = {k: _merged(ctx, config, k, v) for k, v in flags.items()}
@@ -332,13 +335,14 @@ def _export_llm(ctx, config_file, flags):
     loaded = load_model(o["model_slug"], need_inputs=False, dtype=o["dtype"])
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
              type(loaded.module).__name__)
-    tolerance = None if o["no_verify"] else (
-        o["tract_check_io_tolerance"] or _llm_tolerance(o["dtype"], o["compression"]))
+    tolerance = None if o["no_verify"] else resolve_tolerance(
+        o["tract_check_io_tolerance"] or "auto", o["dtype"], o["compression"], llm=True)
     result = export_llm(loaded.module, loaded.tokenizer, o["export_dirpath"], dtype=o["dtype"],
                         compression=o["compression"],
                         compression_registry=o["compression_registry"],
                         f32_attention=bool(o["f32_attn"]), f32_norm=bool(o["f32_norm"]),
-                        check_io=tolerance, overwrite=bool(o["overwrite"]),
+                        f16_arithmetic=o["f16_arithmetic"], check_io=tolerance,
+                        overwrite=bool(o["overwrite"]),
                         dump_tokenizer_and_conf=bool(o["dump_with_tokenizer_and_conf"]),
                         num_logits_to_keep=int(o["num_logits_to_keep"]),
                         export_dir_struct=o["export_dir_struct"],

@@ -7,9 +7,13 @@ from dataclasses import dataclass, field
 from t2n.errors import OptionError
 from t2n.verify import TOLERANCES
 
-__all__ = ["ExportOptions", "parse_dynamic_axis", "DTYPES"]
+__all__ = ["ExportOptions", "parse_dynamic_axis", "resolve_tolerance", "DTYPES",
+           "F16_ARITHMETIC"]
 
 DTYPES = ("f32", "f16")
+# how an f16 bundle computes element-wise arithmetic: on f32 copies (tract has no vectorized
+# f16 element-wise kernels on x86) or in f16 itself (CPUs with f16 arithmetic, ARMv8.2+)
+F16_ARITHMETIC = ("f32", "native")
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class ExportOptions:
     dtype: str | None = None                 # None keeps the model's own float type
     f32_attention: bool = False              # with f16: attention computed in f32
     f32_norm: bool = False                   # with f16: norms computed in f32
+    f16_arithmetic: str = "f32"              # with f16: element-wise ops in f32 or native f16
     dynamic_axes: dict = field(default_factory=dict)   # {input: {axis: symbol}}
     # {symbol: smallest size it takes at run time}, told to tract (a symbol known to be >= 1
     # lets tract pick its vectorized element-wise kernels for the shapes that carry it)
@@ -41,6 +46,9 @@ class ExportOptions:
         if (self.f32_attention or self.f32_norm) and self.dtype != "f16":
             raise OptionError("--f32-attn/--f32-norm only apply to an f16 export",
                               "add --dtype f16 or drop them")
+        if self.f16_arithmetic not in F16_ARITHMETIC:
+            raise OptionError(f"unknown f16 arithmetic {self.f16_arithmetic!r}",
+                              f"use one of: {', '.join(F16_ARITHMETIC)}")
         if self.check_io is not None and self.check_io not in TOLERANCES:
             raise OptionError(f"unknown tolerance {self.check_io!r}",
                               f"use one of: {', '.join(TOLERANCES)}")
@@ -72,6 +80,21 @@ class ExportOptions:
         if self.compression_registry and not self.compression:
             raise OptionError("--compression-registry given without --compression",
                               "add -c NAME (see 't2n compressions')")
+
+
+def resolve_tolerance(check_io, dtype: str | None, compression: str | None = None, *,
+                      llm: bool = False) -> str | None:
+    """The tolerance to check at: None (no check) for None/False, ``"auto"`` chosen from the
+    export (approximate; very for f16; for an LLM, super for f16 with a compression, since
+    tract's f16 kernels on 4-bit weights accumulate differently from torch's f16 matmuls), or
+    the level given. The CLI and the API share it."""
+    if not check_io:
+        return None
+    if check_io != "auto":
+        return check_io
+    if dtype == "f16":
+        return "super" if llm and compression else "very"
+    return "approximate"
 
 
 def parse_dynamic_axis(text: str) -> tuple[str, int, str]:

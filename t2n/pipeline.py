@@ -1,6 +1,7 @@
 """export(): load -> compress -> trace -> translate -> write -> verify, one status line a stage."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from t2n import __version__, compress, trace as trace_mod, verify
 from t2n.errors import OptionError, WriteError
 from t2n.memory import free_memory
 from t2n.nnef import bundle as bundle_mod
-from t2n.options import ExportOptions
+from t2n.options import ExportOptions, resolve_tolerance
 from t2n.quant import int8
 from t2n.translate import Options as TranslateOptions, translate
 
@@ -90,6 +91,32 @@ def _to_dtype(module: torch.nn.Module, args, kwargs, dtype: str | None):
     def conv(t):
         return t.to(tdtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
     return module, tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
+
+
+@contextmanager
+def kept_modes(model: torch.nn.Module):
+    """Restore every submodule's train/eval mode on exit (exports switch them to eval)."""
+    modes = [(m, m.training) for m in model.modules()] \
+        if isinstance(model, torch.nn.Module) else []
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def float_copy_for(model: torch.nn.Module, dtype: str | None) -> torch.nn.Module:
+    """``model`` itself, or a deep copy when converting it to ``dtype`` would change the
+    caller's weights (an f16 export of an f32 model must not round the caller's copy)."""
+    if dtype not in ("f32", "f16") or not isinstance(model, torch.nn.Module):
+        return model   # nothing to convert (a bad dtype is refused by the options)
+    target = {"f32": torch.float32, "f16": torch.float16}[dtype]
+    if all(t.dtype == target for t in list(model.parameters()) + list(model.buffers())
+           if t.is_floating_point()):
+        return model
+    log.info("converting a copy of the model to %s (the caller's model is left as it is)",
+             dtype)
+    return copy.deepcopy(model)
 
 
 def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *,
@@ -175,7 +202,8 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                 f"{len(graph.variables)} tensors"):
         graph = translate(program, input_names=names, output_names=out_names,
                           dynamic_axes=options.dynamic_axes,
-                          options=TranslateOptions(options.f32_attention, options.f32_norm))
+                          options=TranslateOptions(options.f32_attention, options.f32_norm,
+                                                   options.f16_arithmetic))
         graph.assertions = [f"{s} >= {n}" for s, n in sorted(options.symbol_min.items())]
         graph.properties.update(_properties(options))
         graph.properties.update(properties or {})
@@ -259,6 +287,8 @@ def _properties(options: ExportOptions) -> dict:
              "tract_version": tract.version()}
     if options.dtype:
         props["t2n_dtype"] = options.dtype
+    if options.dtype == "f16":
+        props["t2n_f16_arithmetic"] = options.f16_arithmetic
     if options.compression:
         props["t2n_compression"] = options.compression
     return props
@@ -277,34 +307,45 @@ def _io_files(graph, inputs, expected, options) -> dict[str, bytes]:
 
 def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
            output_names=None, dynamic_axes=None, dtype=None, compression=None,
-           compression_registry=None, check_io="approximate", overwrite: bool = False,
+           compression_registry=None, check_io="auto", overwrite: bool = False,
            dump_io: bool = False, tract_binary: str | None = None, f32_attention: bool = False,
-           f32_norm: bool = False, tgz_level: int = 0, calibration_data=None,
+           f32_norm: bool = False, f16_arithmetic: str = "f32", tgz_level: int = 0,
+           calibration_data=None,
            calibration_samples: int = 128, observer: str = "minmax",
            tokenizer=None, symbol_min=None) -> ExportResult:
     """Export ``model`` called on ``args`` (a tensor or a tuple) to an NNEF bundle at ``path``.
 
-    ``check_io`` names the tolerance (exact, close, approximate, very, super, ultra) or is
-    None/False to skip running the bundle in tract. Raises subclasses of T2NError.
+    ``check_io`` names the tolerance (exact, close, approximate, very, super, ultra), is
+    "auto" (the CLI's default: approximate, very for f16) or None/False to skip running the
+    bundle in tract. Raises subclasses of T2NError.
 
     ``calibration_data`` (for ``compression="ptq_int8"``): an .npz/.safetensors file, a text
     file (models with a tokenizer) or a list of input samples; see t2n.compress.ptq.
     A model converted by ``torch.ao.quantization`` (eager mode) is exported as an 8-bit graph.
     ``tokenizer`` is handed to compression functions and reads a text calibration file.
     A compression changes ``model`` in place (as registry functions do): pass a copy to keep
-    the float model. ``symbol_min`` ({symbol: size}) tells tract the smallest size a dynamic
-    axis takes (e.g. {"S": 1}), which lets it use faster kernels.
+    the float model. The caller's model keeps its dtype (an export to another dtype converts a
+    copy) and its train/eval modes. ``symbol_min`` ({symbol: size}) tells tract the smallest
+    size a dynamic axis takes (e.g. {"S": 1}), which lets it use faster kernels.
+    ``f16_arithmetic`` (f16
+    bundles): "f32" computes element-wise arithmetic on f32 copies (faster in tract on x86,
+    which has no vectorized f16 element-wise kernels), "native" keeps it in f16 (CPUs with f16
+    arithmetic, ARMv8.2 and later); recorded in the bundle's properties.
     """
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"model is a {type(model).__name__}, not a torch.nn.Module",
                           "pass an nn.Module")
     options = ExportOptions(
         dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-        dynamic_axes=dict(dynamic_axes or {}), symbol_min=dict(symbol_min or {}),
+        f16_arithmetic=f16_arithmetic, dynamic_axes=dict(dynamic_axes or {}),
+        symbol_min=dict(symbol_min or {}),
         input_names=tuple(input_names) if input_names else None,
         output_names=tuple(output_names) if output_names else None,
-        check_io=check_io or None, tract_binary=tract_binary, dump_io=dump_io,
+        check_io=resolve_tolerance(check_io, dtype, compression), tract_binary=tract_binary,
+        dump_io=dump_io,
         overwrite=overwrite, compression=compression, compression_registry=compression_registry,
         tgz_level=tgz_level, calibration_data=calibration_data,
         calibration_samples=calibration_samples, observer=observer)
-    return export_loaded(model, args, path, options, kwargs=kwargs, tokenizer=tokenizer)
+    with kept_modes(model):
+        return export_loaded(float_copy_for(model, dtype), args, path, options, kwargs=kwargs,
+                             tokenizer=tokenizer)

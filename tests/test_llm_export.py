@@ -123,9 +123,12 @@ def test_io_contract(tmp_path):
 
 
 def test_f16_bundle(tmp_path):
-    model = _model("llama_gqa_tied")
-    result = export_llm(model, None, tmp_path / "llm", dtype="f16", f32_norm=True,
-                        check_io="very")
+    """Checked at the CLI's level for f16 by default; the caller's model keeps its float32
+    weights and its train mode."""
+    model = _model("llama_gqa_tied").train()
+    result = export_llm(model, None, tmp_path / "llm", dtype="f16", f32_norm=True)
+    assert {v.tolerance for v in result.modes.values()} == {"very"}
+    assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
     llm = LLMBundle(result.path)
     assert llm.empty_cache()[0].dtype == np.float16
     logits, cache = llm.step(PROMPT.numpy(), llm.empty_cache())

@@ -205,3 +205,20 @@ def test_dynamic_axis_the_model_fixes_is_refused(tmp_path):
     with pytest.raises(t2n.TraceError, match="fixed axis 1 of input input_0 to 6"):
         t2n.export(model, torch.randn(2, 6, 5), tmp_path / "b",
                    dynamic_axes={"input_0": {1: "S"}})
+
+
+@pytest.mark.parametrize("dtype, level", [(None, "approximate"), ("f16", "very")],
+                         ids=["f32", "f16"])
+def test_api_tolerance_defaults_to_the_clis(dtype, level, tmp_path):
+    result = t2n.export(MLP(), torch.randn(3, 16), tmp_path / "mlp", dtype=dtype)
+    assert result.verification.tolerance == level
+
+
+def test_callers_model_keeps_its_dtype_and_modes(tmp_path):
+    model = MLP().train()
+    model.fc2.eval()   # a mixed-mode model comes back mixed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t2n.export(model, torch.randn(3, 16), tmp_path / "mlp", dtype="f16")
+    assert model.training and model.fc1.training and not model.fc2.training
+    for key, value in model.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, before[key]), key

@@ -98,3 +98,27 @@ def test_symbol_min_names_a_dynamic_symbol(tmp_path):
         t2n.export(Lambda(torch.relu), (torch.randn(2, 3),), tmp_path / "out",
                    dynamic_axes={"input_0": {1: "S"}}, symbol_min={"T": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_native_f16_arithmetic_keeps_f16_and_is_recorded(tmp_path):
+    """--f16-arithmetic native (CPUs with f16 arithmetic): no f32 copies, tract computes in
+    f16, and the bundle's properties say which was chosen."""
+    torch.manual_seed(0)
+    args = (torch.randn(1, 4, 5, 64), torch.randn(1, 1, 5, 64), torch.randn(1, 1, 5, 64))
+    native = assert_bundle_matches(_Rotary(), args, tmp_path, dtype="f16", tolerance="very",
+                                   f16_arithmetic="native", name="native")
+    widened = assert_bundle_matches(_Rotary(), args, tmp_path, dtype="f16", tolerance="very",
+                                    name="widened")
+    half = [a.half().numpy() for a in args]
+    assert _f16_nodes(native.path, half) and not _f16_nodes(widened.path, half)
+    assert "tract_core_cast" not in (native.path / "graph.nnef").read_text()
+    for bundle, choice in ((native, "native"), (widened, "f32")):
+        properties = (bundle.path / "graph.nnef").read_text()
+        assert f'("t2n_f16_arithmetic", "{choice}")' in properties, properties[:2000]
+
+
+def test_f16_arithmetic_choice_is_validated(tmp_path):
+    with pytest.raises(t2n.OptionError, match="unknown f16 arithmetic 'fast'"):
+        t2n.export(Lambda(torch.relu), (torch.randn(2, 3),), tmp_path / "out", dtype="f16",
+                   f16_arithmetic="fast")
+    assert list(tmp_path.iterdir()) == []

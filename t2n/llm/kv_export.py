@@ -7,6 +7,7 @@ empty cache (P = 0) as well as one-token decoding.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -24,8 +25,8 @@ from t2n.errors import OptionError, WriteError
 from t2n.llm.runtime import LLMBundle
 from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
                              past_from_cache)
-from t2n.options import ExportOptions
-from t2n.pipeline import ExportResult, export_loaded
+from t2n.options import ExportOptions, resolve_tolerance
+from t2n.pipeline import ExportResult, export_loaded, float_copy_for, kept_modes
 
 __all__ = ["export_llm", "LLMExportResult", "BUNDLE_NAME"]
 
@@ -54,22 +55,42 @@ class LLMExportResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _keeps_callers_model(fn):
+    """Without ``release`` the caller keeps its model: it is converted to ``dtype`` as a copy,
+    and its train/eval modes are restored afterwards. With ``release`` (the caller hands the
+    model over, as the CLI does) it is used in place, so that memory holds one copy."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, dtype=None, release=None, **kwargs):
+        if release is not None:
+            return fn(model, *args, dtype=dtype, release=release, **kwargs)
+        with kept_modes(model):
+            return fn(float_copy_for(model, dtype), *args, dtype=dtype, **kwargs)
+    return wrapper
+
+
+@_keeps_callers_model
 def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, compression=None,
                compression_registry=None, f32_attention=False, f32_norm=False,
-               check_io="approximate", overwrite=False, dump_tokenizer_and_conf=False,
+               f16_arithmetic="f32",
+               check_io="auto", overwrite=False, dump_tokenizer_and_conf=False,
                num_logits_to_keep: int = 1, export_dir_struct: str = "deep",
                tgz_level: int = 0, release=None) -> LLMExportResult:
     """Export a transformers causal LM with its KV cache as inputs/outputs to ``export_dir``.
 
     ``tokenizer`` (may be None unless ``dump_tokenizer_and_conf``) gives the example tokens and
     is handed to compression functions. ``num_logits_to_keep``: logits rows returned (1: the
-    last token; 0: every input token). ``check_io`` (a tolerance name, or None) checks the
+    last token; 0: every input token). ``check_io`` (a tolerance name, "auto" as the CLI, or
+    None) checks the
     bundle in tract against torch on the export example, on a prompt with P = 0 and on a
     one-token decode step; on a mismatch nothing is written.
 
+    The caller's model keeps its train/eval modes and dtype (a ``dtype`` conversion works on a
+    copy); a ``compression`` changes it in place, as registry functions do.
+
     Memory: the weights go to the bundle tensor by tensor (no second copy), and torch's model
     is dropped before tract loads the bundle. A caller holding the only other reference to
-    ``model`` passes ``release`` (called at that point) to drop it too, as the CLI does.
+    ``model`` passes ``release`` (called at that point) to drop it too, as the CLI does; the
+    model is then converted in place.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise OptionError(f"model is a {type(model).__name__}",
@@ -81,7 +102,9 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         raise OptionError("dump_tokenizer_and_conf without a tokenizer", "pass the tokenizer")
     # validates dtype, f32_* flags, tolerance and tgz level before any work
     options = ExportOptions(dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-                            check_io=check_io or None, tgz_level=tgz_level)
+                            f16_arithmetic=f16_arithmetic,
+                            check_io=resolve_tolerance(check_io, dtype, compression, llm=True),
+                            tgz_level=tgz_level)
     if compression_registry and not compression:
         raise OptionError("compression_registry given without compression",
                           "add compression=NAME (see 't2n compressions')")
@@ -137,7 +160,8 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     try:
         export_options = ExportOptions(
             dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-            dynamic_axes=dynamic_axes(n_layers), symbol_min=SYMBOL_MIN,
+            f16_arithmetic=f16_arithmetic, dynamic_axes=dynamic_axes(n_layers),
+            symbol_min=SYMBOL_MIN,
             input_names=tuple(input_names(n_layers)),
             output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
         exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,

@@ -39,6 +39,7 @@ class Options:
 
     f32_attention: bool = False   # sdpa computed in f32 inside an f16 graph
     f32_norm: bool = False        # layer/rms/group/batch norms computed in f32 in an f16 graph
+    f16_arithmetic: str = "f32"   # f16 element-wise arithmetic on f32 copies, or "native"
 
 
 class Ctx:

@@ -241,7 +241,8 @@ def translate(program: ExportedProgram, *, input_names: list[str] | None = None,
 
     plan_quantization(program.graph)
     outputs = _run_graph(ctx, program.graph_module, program.graph, env, dims)
-    widen_f16_arithmetic(graph, outputs)
+    if ctx.options.f16_arithmetic == "f32":
+        widen_f16_arithmetic(graph, outputs)
     _set_outputs(ctx, outputs, output_names)
     _prune(graph)
     return graph
