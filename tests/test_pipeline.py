@@ -1,5 +1,6 @@
 """The export API end to end: verification, errors, names, dtypes, dynamic axes, io dumps."""
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,3 +223,66 @@ def test_callers_model_keeps_its_dtype_and_modes(tmp_path):
     assert model.training and model.fc1.training and not model.fc2.training
     for key, value in model.state_dict().items():
         assert value.dtype == torch.float32 and torch.equal(value, before[key]), key
+
+
+def test_translator_crash_is_a_translation_error_naming_the_op(tmp_path):
+    """An unexpected exception inside a translator: one TranslationError naming the op and
+    where it comes from, with the report hint; the CLI prints one line and exits 2."""
+    from click.testing import CliRunner
+
+    from t2n.cli import main
+
+    def crash(ctx, x):
+        return {}["no such key"]
+    with _with_sin_as(crash):
+        with pytest.raises(t2n.TranslationError) as err:
+            t2n.export(Lambda(torch.sin), torch.randn(4, 4), tmp_path / "out")
+        message = str(err.value)
+        assert message.startswith("aten.sin.default in ") and "helpers.py:" in message
+        assert "failed with KeyError" in message and "please report" in message
+        assert "-v" in message
+        (tmp_path / "sinmod.py").write_text(
+            "import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+            "        return torch.sin(x)\n")
+        import sys
+        sys.path.insert(0, str(tmp_path))
+        try:
+            out = CliRunner().invoke(main, ["export", "sinmod:M", str(tmp_path / "cli"),
+                                            "--input-shape", "x=2,3"])
+        finally:
+            sys.path.remove(str(tmp_path))
+    assert out.exit_code == 2, out.output
+    lines = [ln for ln in out.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "aten.sin.default" in lines[0]
+    assert "Traceback" not in out.output and not (tmp_path / "cli").exists()
+
+
+def test_write_failure_is_a_write_error_and_leaves_nothing(tmp_path, monkeypatch):
+    from t2n.nnef import dat
+
+    def full_disk(path, array):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(dat, "write_array", full_disk)
+    with pytest.raises(t2n.WriteError, match=r"cannot write .*fc1\.weight\.dat: No space left"):
+        t2n.export(MLP(), torch.randn(3, 16), tmp_path / "mlp")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", ["", ".tgz"], ids=["dir", "tgz"])
+def test_failed_overwrite_restores_the_old_bundle(suffix, tmp_path, monkeypatch):
+    from t2n.nnef import bundle as bundle_mod
+    dest = tmp_path / f"mlp{suffix}"
+    t2n.export(MLP(), torch.randn(3, 16), dest)
+    before = dest.read_bytes() if suffix else (dest / "graph.nnef").read_bytes()
+    real_replace = bundle_mod.os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == dest and ".t2n-old" not in str(src):
+            raise OSError(13, "Permission denied")   # the new bundle cannot take its place
+        return real_replace(src, dst)
+    monkeypatch.setattr(bundle_mod.os, "replace", failing_replace)
+    with pytest.raises(t2n.WriteError, match="cannot publish"):
+        t2n.export(MLP(), torch.randn(3, 16), dest, overwrite=True)
+    monkeypatch.undo()
+    after = dest.read_bytes() if suffix else (dest / "graph.nnef").read_bytes()
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == [dest.name]

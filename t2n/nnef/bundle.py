@@ -41,7 +41,23 @@ def bundle_format(dest: Path) -> str:
 
 def write_files(graph: Graph, folder: Path, extra_files: dict[str, bytes] | None = None,
                 progress=None) -> Bundle:
-    """Write graph.nnef, one .dat per variable and graph.quant (if any) into ``folder``."""
+    """Write graph.nnef, one .dat per variable and graph.quant (if any) into ``folder``.
+    Any failure becomes a WriteError naming the file."""
+    current = [folder / "graph.nnef"]
+    try:
+        return _write_files(graph, folder, extra_files, progress, current)
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(f"cannot write {current[0]}: {e.strerror or e}",
+                         "check the free space and permissions of the destination") from e
+    except Exception as e:  # encoding a tensor failed: a bug
+        raise WriteError(f"writing {current[0].name} failed with {type(e).__name__}: {e}",
+                         "please report this t2n bug with the model; rerun with -v for the "
+                         "traceback") from e
+
+
+def _write_files(graph, folder, extra_files, progress, current) -> Bundle:
     bundle = Bundle(folder)
     nnef_text = text.render(graph).encode()
     (folder / "graph.nnef").write_bytes(nnef_text)
@@ -49,7 +65,7 @@ def write_files(graph: Graph, folder: Path, extra_files: dict[str, bytes] | None
     bundle.nbytes += len(nnef_text)
     for var in graph.variables:
         rel = f"{var.label}.dat"
-        path = folder / rel
+        path = current[0] = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         array = var.array()
         if var.encode is not None:
@@ -118,7 +134,11 @@ def publish(folder: Path, dest: Path, tgz_level: int = 0) -> Path:
             if trash.exists():
                 _remove(trash)
             os.replace(dest, trash)
-            os.replace(ready, dest)
+            try:
+                os.replace(ready, dest)
+            except OSError:
+                os.replace(trash, dest)   # the old bundle goes back in place
+                raise
             _remove(trash)
         else:
             os.replace(ready, dest)

@@ -10,7 +10,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from t2n.errors import TranslationError, UnsupportedOpsError
+from t2n.errors import T2NError, TranslationError, UnsupportedOpsError
 from t2n.nnef.graph import Dim, Graph, Input, Operation, Ref, ref_names, renamed
 from t2n.quant import storage_of
 from t2n.translate.context import Ctx, Options, Value
@@ -295,6 +295,15 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
             where = node_location(node)
             raise TranslationError(f"{op_name(node.target)}{' in ' + where if where else ''}: "
                                    f"{e.message}", e.hint) from e
+        except T2NError:
+            raise
+        except Exception as e:  # a translator bug: name the op and where it comes from
+            where = node_location(node)
+            raise TranslationError(
+                f"{op_name(node.target)}{' in ' + where if where else ''}: the translator "
+                f"failed with {type(e).__name__}: {e}",
+                "please report this t2n bug with the model; rerun with -v for the traceback"
+            ) from e
     return outputs
 
 
