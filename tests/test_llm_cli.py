@@ -1,4 +1,5 @@
 """`t2n export-llm`, `t2n_export_llm_to_tract`, `t2n generate` and `t2n perplexity`, for real."""
+import math
 import os
 import subprocess
 import sys
@@ -64,7 +65,13 @@ def test_export_llm_generate_perplexity(tiny_folder, tmp_path):
               "--windows", "2")
     assert ppl.returncode == 0, ppl.stderr
     value = float(ppl.stdout.split()[1])
-    assert 1.0 < value < 3 * len(tokenizer)  # a random model: near-uniform, but finite
+    # torch's perplexity over the same two windows of 32 tokens (31 predictions each)
+    tokens = tokenizer(text.read_text(), return_tensors="pt")["input_ids"][0]
+    with torch.no_grad():
+        nll = sum(model(tokens[None, i * 32:(i + 1) * 32],
+                        labels=tokens[None, i * 32:(i + 1) * 32]).loss.item() * 31
+                  for i in range(2))
+    assert value == pytest.approx(math.exp(nll / 62), rel=1e-3)
 
 
 @pytest.mark.slow
