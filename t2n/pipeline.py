@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
-from t2n import __version__, compress, trace as trace_mod, verify
+from t2n import __version__, compress, resize, trace as trace_mod, verify
 from t2n.errors import OptionError, WriteError
 from t2n.memory import free_memory
 from t2n.nnef import bundle as bundle_mod
@@ -43,6 +43,9 @@ class ExportResult:
     # (max_abs, cosine, ...): reported, never gated. The tract check (verification) compares
     # tract with the compressed torch model.
     quantization: list | None = None
+    # bundles with dynamic axes: tract against torch with every symbol at a second size (and
+    # masks partly padded), besides the traced example
+    resized: verify.Verification | None = None
 
     @property
     def diffs(self):
@@ -185,6 +188,12 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
             ref_tensors, ref_names = eager_reference or _flatten_outputs(
                 module(*args, **kwargs))
     out_names = list(options.output_names) if options.output_names else ref_names
+    resized = None
+    if options.check_io and options.dynamic_axes:
+        with stages("reference2", lambda: "torch forward at a second size of "
+                    + ", ".join(f"{s}={n}" for s, n in resized[2].items())
+                    if resized else "no second size"):
+            resized = _resized_reference(module, args, kwargs, names, options.dynamic_axes)
     quantization = None
     if float_outputs is not None:
         # quantization error: the compressed torch model against the float one (shown only)
@@ -238,13 +247,49 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
             if not result_v.passed:
                 raise verify.mismatch_error(result_v, "on",
                                             _kept_failed(folder, path, options.dump_io))
+            if resized is not None:
+                sizes = ", ".join(f"{s}={n}" for s, n in resized[2].items())
+                with stages("verify2", lambda: f"{'ok' if second.passed else 'MISMATCH'} at "
+                            f"{sizes}; {second.summary()}"):
+                    second = verify.check(folder, resized[0], resized[1], output_names,
+                                          options.check_io, binary=options.tract_binary,
+                                          steps=output_steps, budget_s=0.0)
+                second.sizes = resized[2]
+                if not second.passed:
+                    raise verify.mismatch_error(second, f"at {sizes} on",
+                                                _kept_failed(folder, path, options.dump_io))
         with stages("publish", lambda: f"{path} ({bundle_mod.bundle_format(path)})"):
             bundle.path = bundle_mod.publish(folder, path, options.tgz_level)
     except BaseException:
         bundle_mod.discard(folder)
         raise
     return ExportResult(bundle.path, bundle, result_v, stages.timings, input_ids, output_names,
-                        quantization)
+                        quantization, second if resized is not None and result_v else None)
+
+
+def _resized_reference(module, args, kwargs, names, dynamic_axes):
+    """(inputs, torch outputs, sizes) with every dynamic axis at a second size (3 more than
+    traced, else 1 less) and masks partly padded; None (with a warning) if torch runs at
+    neither."""
+    tensors = list(args) + list(kwargs.values())
+    traced = resize.traced_sizes(tensors, names, dynamic_axes)
+    problem = None
+    for step in (3, -1):
+        sizes = resize.second_sizes(traced, step)
+        if sizes == traced:
+            continue
+        inputs = resize.resized_inputs(tensors, names, dynamic_axes, sizes)
+        try:
+            with torch.no_grad():
+                out, _ = _flatten_outputs(module(*inputs[:len(args)],
+                                                 **dict(zip(kwargs, inputs[len(args):]))))
+        except Exception as e:  # the model refuses that size: try the other one
+            problem = f"{type(e).__name__}: {e}"
+            continue
+        return ([t.detach().numpy() for t in inputs], [t.detach().numpy() for t in out], sizes)
+    log.warning("the dynamic axes were checked at their traced sizes only: torch did not run "
+                "at a second size (%s)", problem or "every symbol has size 1")
+    return None
 
 
 def _kept_failed(folder: Path, path: Path, dump_io: bool) -> str:

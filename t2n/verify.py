@@ -79,6 +79,7 @@ class Verification:
     outputs: list[OutputDiff] = field(default_factory=list)
     tract_ms: float = 0.0
     runner: str = "tract bindings"
+    sizes: dict = field(default_factory=dict)   # symbol sizes of a check at a second size
 
     @property
     def passed(self) -> bool:
@@ -278,11 +279,11 @@ def _diff_values(name, a, b, atol, rtol, outlier_frac) -> OutputDiff:
 
 def check(path, inputs: list[np.ndarray], expected: list[np.ndarray], names: list[str],
           tolerance: str = "approximate", *, binary: str | None = None,
-          steps: dict | None = None) -> Verification:
+          steps: dict | None = None, budget_s: float = 1.0) -> Verification:
     """Run the bundle in tract on ``inputs`` and compare with ``expected`` (torch's outputs);
     ``steps``: quantization steps of 8-bit outputs (see :func:`compare`)."""
     tolerance_for(tolerance, np.float32)
-    got, ms = run_tract(path, inputs, binary=binary)
+    got, ms = run_tract(path, inputs, binary=binary, budget_s=budget_s)
     result = compare(got, expected, names, tolerance, steps)
     result.tract_ms = ms
     result.runner = binary or "tract bindings"
