@@ -262,3 +262,27 @@ def test_each_output_gets_the_step_of_its_own_8bit_ancestors(tmp_path):
     names = result.output_names
     assert meta["output_steps"][names[0]][0] == pytest.approx(0.5)
     assert names[1] not in meta["output_steps"]   # float only: checked as float
+
+
+def test_a_users_linear_translator_keeps_8bit_linears(tmp_path):
+    """8-bit handling is dispatched by the engine beside the translators: a user's own
+    translator for aten.linear serves float linears and 8-bit graphs keep integer ones."""
+    from t2n.translate import TRANSLATORS, translates
+    target = torch.ops.aten.linear.default
+    saved, calls = TRANSLATORS[target], []
+
+    @translates(target, override=True)
+    def my_linear(ctx, input, weight, bias=None):
+        calls.append(ctx.node.name)
+        return saved.fn(ctx, input, weight, bias)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(4, 32)
+        result = t2n.export(eager_quantized(LinearOnly(), x), x, tmp_path / "q8")
+        assert calls == []    # both linears ran in integers
+        t2n.export(nn.Linear(8, 4), torch.randn(2, 8), tmp_path / "float")
+        assert len(calls) == 1
+    finally:
+        TRANSLATORS[target] = saved
+    held = tract_quantized_tensors(result.path)
+    assert sum(t.startswith("QI8") for t in held.values()) == 2, held   # both weights

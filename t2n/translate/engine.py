@@ -1,6 +1,7 @@
 """Walk a torch.export graph and build the NNEF graph through the translator registry."""
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import re
@@ -15,7 +16,7 @@ from t2n.nnef.graph import Dim, Graph, Input, Operation, Ref, ref_names, renamed
 from t2n.quant import storage_of
 from t2n.translate.context import Ctx, Options, Value
 from t2n.translate.families.quantize import QUANT_META, plan_quantization
-from t2n.translate.registry import lookup, op_name
+from t2n.translate.registry import EIGHT_BIT, lookup, op_name
 from t2n.translate.widen import widen_f16_arithmetic
 
 __all__ = ["translate", "torch_dtype_name", "missing_ops", "node_location"]
@@ -285,10 +286,15 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
         ctx.out_quant = node.meta.get(QUANT_META)
         args = _resolve(node.args, env)
         kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
-        if not translator.quantized:
+        fn = translator.fn
+        eight_bit = EIGHT_BIT.get(node.target)
+        if eight_bit is not None and (ctx.out_quant is not None or _reads_8bit((args, kwargs))):
+            # the op's 8-bit handler, handed the op's translator for what stays float
+            fn = functools.partial(_with_float_fn, eight_bit, translator.fn)
+        elif not translator.quantized:
             args, kwargs = ctx.dequantize_all(args), ctx.dequantize_all(kwargs)
         try:
-            env[node] = translator.fn(ctx, *args, **kwargs)
+            env[node] = fn(ctx, *args, **kwargs)
             if _mutates_first_argument(node.target) and isinstance(node.args[0], torch.fx.Node):
                 env[node.args[0]] = env[node]  # later readers of the mutated tensor see it
         except TranslationError as e:
@@ -305,6 +311,20 @@ def _run_graph(ctx: Ctx, owner, fx_graph, env: dict, dims: _Dims) -> list:
                 "please report this t2n bug with the model; rerun with -v for the traceback"
             ) from e
     return outputs
+
+
+def _with_float_fn(handler, float_fn, ctx, *args, **kwargs):
+    return handler(ctx, float_fn, *args, **kwargs)
+
+
+def _reads_8bit(value) -> bool:
+    if isinstance(value, Value):
+        return value.quant is not None
+    if isinstance(value, (list, tuple)):
+        return any(_reads_8bit(v) for v in value)
+    if isinstance(value, dict):
+        return any(_reads_8bit(v) for v in value.values())
+    return False
 
 
 def _mutates_first_argument(target) -> bool:

@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Translator", "translates", "TRANSLATORS", "lookup", "op_name"]
+__all__ = ["Translator", "translates", "TRANSLATORS", "lookup", "op_name", "translates_8bit",
+           "EIGHT_BIT"]
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,18 @@ class Translator:
 
     @property
     def schema(self) -> str:
+        """The op's schema as torch declares it (the docstring's line for other callables)."""
+        declared = getattr(self.target, "_schema", None)
+        if declared is not None:
+            return str(declared)
         return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
 
 
 TRANSLATORS: dict[object, Translator] = {}
+# 8-bit handlers, beside the translators: op -> fn(ctx, float_fn, *args, **kwargs). The engine
+# calls one when the node reads an 8-bit value or its output is planned 8-bit; ``float_fn``
+# is the op's translator of the moment (a user's own included), for what stays float.
+EIGHT_BIT: dict[object, Callable] = {}
 
 
 def op_name(target) -> str:
@@ -56,6 +65,18 @@ def translates(*targets, override: bool = False, quantized: bool = False):
                 raise RuntimeError(f"{op_name(target)} already has a translator "
                                    f"({TRANSLATORS[target].fn.__module__}); pass override=True")
             TRANSLATORS[target] = Translator(target, fn, family, quantized)
+        return fn
+
+    return register
+
+
+def translates_8bit(*targets):
+    """Register the decorated ``fn(ctx, float_fn, *args, **kwargs)`` as the 8-bit handler of
+    each of ``targets`` (see EIGHT_BIT). It does not replace their translators."""
+
+    def register(fn):
+        for target in targets:
+            EIGHT_BIT[target] = fn
         return fn
 
     return register

@@ -27,8 +27,7 @@ import torch
 from t2n.errors import TranslationError
 from t2n.translate.context import Value
 from t2n.translate.families import conv as conv_family
-from t2n.translate.families import linalg, pool, shape  # noqa: F401 (registered first)
-from t2n.translate.registry import TRANSLATORS, translates
+from t2n.translate.registry import translates, translates_8bit
 
 aten = torch.ops.aten
 
@@ -163,16 +162,16 @@ def _float_then_quantize(ctx, float_fn, *args, **kwargs):
     return y
 
 
-@translates(aten.linear.default, override=True, quantized=True)
-def linear(ctx, input, weight, bias=None):
+@translates_8bit(aten.linear.default)
+def linear(ctx, float_fn, input, weight, bias=None):
     """linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor"""
     if not _integer_operands(ctx, input, weight):
-        return _float_then_quantize(ctx, linalg.linear, input, weight, bias)
+        return _float_then_quantize(ctx, float_fn, input, weight, bias)
     # tract's linear wants the weight and the bias stored at the input's rank
     lead = (1,) * (input.rank - 2)
     b = _i32_bias(ctx, bias, input, weight, shape=lead + (1, weight.shape[0]))
     if b is False:
-        return _float_then_quantize(ctx, linalg.linear, input, weight, bias)
+        return _float_then_quantize(ctx, float_fn, input, weight, bias)
     w = _reshaped_variable(ctx, weight, lead + tuple(weight.shape)) if lead else weight
     args = [input, w] + ([b] if b is not None else [])
     if ctx.out_quant is not None:   # requantized by tract to the output's parameters
@@ -200,20 +199,20 @@ def _integer_conv(ctx, input, weight, bias, stride, pads, dilation, groups):
     return ctx.quantized(y, ctx.out_quant)
 
 
-@translates(aten.conv1d.default, aten.conv2d.default, override=True, quantized=True)
-def conv(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+@translates_8bit(aten.conv1d.default, aten.conv2d.default)
+def conv(ctx, float_fn, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """conv2d(Tensor input, Tensor weight, Tensor? bias=None, SymInt[2] stride=[1, 1], SymInt[2] padding=[0, 0], SymInt[2] dilation=[1, 1], SymInt groups=1) -> Tensor"""  # noqa: E501
     if _integer_operands(ctx, input, weight) and ctx.out_quant is not None:  # tract needs it
         pads = [(p, p) for p in conv_family.spatial(padding, weight.rank - 2)]
         y = _integer_conv(ctx, input, weight, bias, stride, pads, dilation, groups)
         if y is not None:
             return y
-    return _float_then_quantize(ctx, conv_family.conv2d, input, weight, bias, stride, padding,
+    return _float_then_quantize(ctx, float_fn, input, weight, bias, stride, padding,
                                 dilation, groups)
 
 
-@translates(aten.relu.default, override=True, quantized=True)
-def relu(ctx, self):
+@translates_8bit(aten.relu.default)
+def relu(ctx, float_fn, self):
     """relu(Tensor self) -> Tensor"""
     if isinstance(self, Value) and self.quant is not None:
         # max(q, zero_point) in integers: tract's relu on an 8-bit tensor
@@ -223,31 +222,23 @@ def relu(ctx, self):
         if ctx.out_quant is not None and ctx.out_quant != qparams:
             y = _cast_quantized(ctx, y, ctx.out_quant)
         return y
-    y = ctx.op("relu", self)
+    y = float_fn(ctx, self)
     return _cast_quantized(ctx, y, ctx.out_quant) if ctx.out_quant is not None else y
 
 
-def _keeps_grid(float_fn):
-    """A translator that moves or selects values (shape ops, max pooling): an 8-bit input
-    gives an 8-bit output on the same grid."""
-    def fn(ctx, self, *args, **kwargs):
-        if not isinstance(self, Value) or self.quant is None:
-            return float_fn(ctx, self, *args, **kwargs)
-        ctx.out = Value(ctx.out.name, ctx.out.shape, self.dtype) if isinstance(
-            ctx.out, Value) else ctx.out
-        y = float_fn(ctx, self, *args, **kwargs)
-        if not isinstance(y, Value):
-            raise TranslationError("internal: an 8-bit shape op returned several values",
-                                   "report this as a t2n bug")
-        return ctx.quantized(Value(y.name, y.shape, self.dtype), (*self.quant, self.dtype))
-    fn.__doc__ = float_fn.__doc__
-    return fn
-
-
-for _target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default,
-                aten.flatten.using_ints, aten.transpose.int, aten.permute.default,
-                aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
-                aten.squeeze.default, aten.max_pool1d.default, aten.max_pool2d.default):
-    translates(_target, override=True, quantized=True)(_keeps_grid(TRANSLATORS[_target].fn))
-
-del _target
+@translates_8bit(aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+                 aten.flatten.using_ints, aten.transpose.int, aten.permute.default,
+                 aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+                 aten.squeeze.default, aten.max_pool1d.default, aten.max_pool2d.default)
+def keeps_grid(ctx, float_fn, self, *args, **kwargs):
+    """Ops that move or select values (shape ops, max pooling): an 8-bit input gives an
+    8-bit output on the same grid, computed by the op's own translator on the 8-bit values."""
+    if not isinstance(self, Value) or self.quant is None:
+        return float_fn(ctx, *ctx.dequantize_all((self,) + args), **ctx.dequantize_all(kwargs))
+    ctx.out = Value(ctx.out.name, ctx.out.shape, self.dtype) if isinstance(
+        ctx.out, Value) else ctx.out
+    y = float_fn(ctx, self, *args, **kwargs)
+    if not isinstance(y, Value):
+        raise TranslationError("internal: an 8-bit shape op returned several values",
+                               "report this as a t2n bug")
+    return ctx.quantized(Value(y.name, y.shape, self.dtype), (*self.quant, self.dtype))
