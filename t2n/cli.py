@@ -350,6 +350,7 @@ def _export_llm(ctx, config_file, flags):
     size = result.path.stat().st_size / 1e6
     verdict = "not verified" if tolerance is None else f"verified in tract ({tolerance})"
     click.echo(f"{result.path}: {size:.2f} MB, {verdict}")
+    return result, loaded.tokenizer
 
 
 @main.command("export-llm")
@@ -360,16 +361,94 @@ def export_llm_command(ctx, config_file, **flags):
     _run(ctx, _export_llm, ctx, config_file, flags)
 
 
+# torch-to-nnef's flags that t2n has no use for: (flags, what its value does, why ignored)
+_IGNORED_T2N_FLAGS = [
+    (("-idt", "--force-inputs-dtype"), str, "inputs take the model's dtype"),
+    (("-mp", "--merge-peft"), bool, "t2n loads no PEFT adapters; merge them into the model "
+                                    "folder first"),
+    (("-f32-lin-acc", "--force-f32-linear-accumulator"), bool,
+     "tract accumulates matmuls in f32 already"),
+    (("--reify-sdpa-operator",), bool, "attention is written as matmul/softmax/matmul, which "
+                                       "tract runs faster"),
+    (("--transformers-attn-implementation",), str, "the model's own attention is traced"),
+    (("--transformers-experts-implementation",), str, "the model's own experts are traced"),
+    (("--upcast-quant",), str, "Q4_0 weights run as they are in tract"),
+    (("--hf-download-n-retries",), str, "t2n reads the local Hugging Face cache only"),
+    (("--trust-remote-code/--no-trust-remote-code",), bool,
+     "t2n loads transformers' own classes only"),
+    (("--device-map",), str, "export runs on the CPU"),
+    (("-n", "--naming-scheme"), str, "tensors are named after the model's parameters"),
+    (("--tract-specific-path",), str, "the bundle is checked with the tract Python bindings"),
+]
+
+
+def _torch_to_nnef_options(fn):
+    """torch-to-nnef's remaining flags: -d/--local-dir, --tract-specific-version and
+    -td/-sgts are used; the others are accepted with a warning that they are ignored."""
+    options = [
+        click.option("-d", "--local-dir", "local_dir", type=click.Path(path_type=Path),
+                     help="Local Hugging Face folder of the model (used when -s is absent)."),
+        click.option("--tract-specific-version", "tract_version",
+                     help="tract version the bundle is for (t2n writes for and checks with the "
+                          "installed tract; another version gets a warning)."),
+        click.option("-td", "--test-display-token-gens", "display_tokens", is_flag=True,
+                     help="After export, print a greedy continuation generated in tract."),
+        click.option("-sgts", "--sample-generation-total-size", "sample_tokens", type=int,
+                     default=6, show_default=True, help="Tokens generated for -td."),
+    ]
+    for flags, kind, why in _IGNORED_T2N_FLAGS:
+        dest = "ignored_" + flags[-1].split("/")[0].lstrip("-").replace("-", "_")
+        options.append(click.option(*flags, dest, is_flag=kind is bool, default=None,
+                                    help=f"Accepted, ignored: {why}."))
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Debug logs and tracebacks.")
 @_llm_options
+@_torch_to_nnef_options
 @click.pass_context
-def export_llm_main(ctx, verbose, config_file, **flags):
-    """t2n_export_llm_to_tract: `t2n export-llm` under torch-to-nnef's command name."""
+def export_llm_main(ctx, verbose, config_file, local_dir, tract_version, display_tokens,
+                    sample_tokens, **flags):
+    """t2n_export_llm_to_tract: `t2n export-llm` under torch-to-nnef's command name, taking
+    its flags too."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     _setup_logging(verbose)
-    _run(ctx, _export_llm, ctx, config_file, flags)
+    for flags_, _kind, why in _IGNORED_T2N_FLAGS:
+        dest = "ignored_" + flags_[-1].split("/")[0].lstrip("-").replace("-", "_")
+        if flags.pop(dest) is not None:
+            log.warning("%s is ignored: %s", flags_[-1].split("/")[0], why)
+    if local_dir is not None:
+        if flags["model_slug"]:
+            log.warning("-s %s: the model is read from -d %s", flags["model_slug"], local_dir)
+        flags["model_slug"] = str(local_dir)
+    if tract_version:
+        import tract
+        if tract_version.lstrip("v") != tract.version():
+            log.warning("--tract-specific-version %s: the bundle is written for and checked with "
+                        "tract %s (the installed bindings)", tract_version, tract.version())
+    if flags["compression_registry"] and flags["compression_registry"].startswith(
+            "torch_to_nnef."):
+        log.warning("--compression-registry %s: t2n's built-in registry is used "
+                    "(see 't2n compressions')", flags["compression_registry"])
+        flags["compression_registry"] = None
+    result = _run(ctx, _export_llm, ctx, config_file, flags)
+    if display_tokens and result is not None:
+        _run(ctx, _show_generation, result, sample_tokens)
+
+
+def _show_generation(exported, n: int) -> None:
+    from t2n.llm import LLMBundle
+    from t2n.llm.kv_export import SAMPLE_TEXT
+    result, tokenizer = exported
+    if tokenizer is None:
+        raise OptionError("-td needs the model's tokenizer", "export a folder with a tokenizer")
+    prompt = SAMPLE_TEXT.split(",")[0]
+    tokens = LLMBundle(result.path).generate(tokenizer(prompt)["input_ids"], n)
+    click.echo(f"{prompt}|{tokenizer.decode(tokens, skip_special_tokens=True)}")
 
 
 @main.command()

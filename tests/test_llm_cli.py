@@ -87,6 +87,46 @@ def test_torch_to_nnef_command_name_and_flags(tiny_folder, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+# every flag of torch-to-nnef 0.24.12's t2n_export_llm_to_tract (torch_to_nnef_llm/cli.py)
+TORCH_TO_NNEF_FLAGS = [
+    "-e", "--export-dirpath", "-s", "--model-slug", "-dt", "--force-module-dtype", "-idt",
+    "--force-inputs-dtype", "-mp", "--merge-peft", "--compression-registry", "-d", "--local-dir",
+    "-f32-attn", "--force-f32-attention", "-f32-lin-acc", "--force-f32-linear-accumulator",
+    "-f32-norm", "--force-f32-normalization", "--reify-sdpa-operator",
+    "--transformers-attn-implementation", "--transformers-experts-implementation",
+    "--upcast-quant", "--num-logits-to-keep", "--hf-download-n-retries", "--trust-remote-code",
+    "--no-trust-remote-code", "--device-map", "-tt", "--tract-check-io-tolerance", "-n",
+    "--naming-scheme", "--tract-specific-path", "--tract-specific-version", "-td",
+    "--test-display-token-gens", "-dwtac", "--dump-with-tokenizer-and-conf",
+    "--export-dir-struct", "-sgts", "--sample-generation-total-size", "-iaed",
+    "--ignore-already-exist-dir", "-nv", "--no-verify", "-v", "--verbose", "-c",
+    "--compression-method"]
+
+
+def test_torch_to_nnef_script_takes_every_flag_of_torch_to_nnef():
+    from t2n.cli import export_llm_main
+    ours = {o for p in export_llm_main.params for o in p.opts + p.secondary_opts}
+    assert [f for f in TORCH_TO_NNEF_FLAGS if f not in ours] == []
+
+
+def test_torch_to_nnef_flags_used_or_ignored_with_a_warning(tiny_folder, tmp_path):
+    """-d names the model folder, -td prints a greedy continuation from tract, a tract version
+    other than the installed one and the flags t2n has no use for get one warning each."""
+    proc = run(BIN / "t2n_export_llm_to_tract", "-d", tiny_folder, "-e", tmp_path / "e",
+               "--tract-specific-version", "0.21.0", "--tract-specific-path", "/opt/tract",
+               "-mp", "-n", "natural_verbose", "--compression-registry",
+               "torch_to_nnef.compress.DEFAULT_COMPRESSION", "-c", "min_max_q4_0",
+               "-td", "-sgts", "3")
+    assert proc.returncode == 0, proc.stderr
+    for warning in ("--tract-specific-version 0.21.0: the bundle is written for and checked "
+                    "with tract 0.23.9", "--tract-specific-path is ignored",
+                    "--merge-peft is ignored", "--naming-scheme is ignored",
+                    "t2n's built-in registry is used"):
+        assert warning in proc.stderr
+    assert (tmp_path / "e" / "model" / "model.nnef.tgz").is_file()
+    assert proc.stdout.splitlines()[-1].startswith("A river carries water from the hills to the sea|")
+
+
 def test_export_llm_config_file_and_flag_override(tiny_folder, tmp_path):
     """A CI export job's TOML file supplies the options; a flag on the command line wins."""
     config = tmp_path / "export.toml"
