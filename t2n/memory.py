@@ -4,30 +4,43 @@ Two things hold memory that the exporter no longer needs: glibc keeps large free
 and weights that transformers maps from safetensors files stay resident (file pages count in
 RSS) after a quantized copy replaced them. ``free_memory`` hands back the first,
 ``drop_pages`` the second.
+
+Both are Linux-only (glibc's ``malloc_trim``, ``madvise(MADV_PAGEOUT)`` from Linux 5.4, and
+``/proc/self/maps``): elsewhere they do nothing (``SUPPORTED`` is False, logged once), exports
+work the same and only their peak memory is higher.
 """
 from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import mmap
+import sys
 
 import torch
 
-__all__ = ["free_memory", "drop_pages", "drop_weight_pages", "file_mappings"]
+__all__ = ["free_memory", "drop_pages", "drop_weight_pages", "file_mappings", "SUPPORTED"]
+
+log = logging.getLogger(__name__)
 
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now (clean file pages: just dropped)
 
 
 def _libc():
+    if not sys.platform.startswith("linux"):
+        log.debug("memory hand-back is Linux-only: not done on %s", sys.platform)
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:  # not glibc
+        log.debug("memory hand-back needs glibc: not done here")
         return None
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return libc
 
 
 _LIBC = _libc()
+SUPPORTED = _LIBC is not None
 
 
 def free_memory() -> None:
