@@ -17,6 +17,9 @@ COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_at
               num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
               pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
+# mixture-of-experts decoders: 4 experts, top-2 (t2n.moe computes the experts densely)
+MOE = dict(num_experts_per_tok=2, **COMMON)
+
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
@@ -39,6 +42,46 @@ ARCHS = {
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=256, pad_token_id=0,
         bos_token_id=1, eos_token_id=2)),
+    "mixtral_moe": lambda: transformers.MixtralForCausalLM(
+        transformers.MixtralConfig(num_local_experts=4, **MOE)),
+    # shared expert with a sigmoid gate, softmax routing without renormalization
+    "qwen2_moe": lambda: transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+        num_experts=4, moe_intermediate_size=64, shared_expert_intermediate_size=128, **MOE)),
+    "qwen3_moe": lambda: transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+        num_experts=4, moe_intermediate_size=64, head_dim=16, norm_topk_prob=True, **MOE)),
+    "olmoe": lambda: transformers.OlmoeForCausalLM(transformers.OlmoeConfig(num_experts=4, **MOE)),
+    "flex_olmo": lambda: transformers.FlexOlmoForCausalLM(
+        transformers.FlexOlmoConfig(num_experts=4, **MOE)),
+    # sparsemixer routing
+    "phimoe": lambda: transformers.PhimoeForCausalLM(
+        transformers.PhimoeConfig(num_local_experts=4, **MOE)),
+    # softmax over the top-k logits
+    "granitemoe": lambda: transformers.GraniteMoeForCausalLM(
+        transformers.GraniteMoeConfig(num_local_experts=4, **MOE)),
+    "granitemoeshared": lambda: transformers.GraniteMoeSharedForCausalLM(
+        transformers.GraniteMoeSharedConfig(num_local_experts=4, shared_intermediate_size=64,
+                                            **MOE)),
+    # sigmoid routing with a score-correction bias, grouped top-k, a dense first layer
+    "glm4_moe": lambda: transformers.Glm4MoeForCausalLM(transformers.Glm4MoeConfig(
+        n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=64,
+        first_k_dense_replace=1, n_group=2, topk_group=1, head_dim=16, **MOE)),
+    "dots1": lambda: transformers.Dots1ForCausalLM(transformers.Dots1Config(
+        n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=64, head_dim=16, **MOE)),
+    "ernie4_5_moe": lambda: transformers.Ernie4_5_MoeForCausalLM(transformers.Ernie4_5_MoeConfig(
+        moe_num_experts=4, moe_k=2, moe_intermediate_size=64, moe_num_shared_experts=1,
+        moe_layer_start_index=0, **COMMON)),
+    "hunyuan_v1_moe": lambda: transformers.HunYuanMoEV1ForCausalLM(
+        transformers.HunYuanMoEV1Config(num_experts=4, moe_topk=2, head_dim=16, **COMMON)),
+    # transposed expert weights with biases, clamped interleaved gate, attention sinks
+    # (its default YaRN RoPE expects 32 x 4096 positions)
+    "gpt_oss": lambda: transformers.GptOssForCausalLM(transformers.GptOssConfig(
+        num_local_experts=4, head_dim=16, **{**MOE, "max_position_embeddings": 131072})),
+    # experts in one [E * F, H] matrix per projection
+    "dbrx": lambda: transformers.DbrxForCausalLM(transformers.DbrxConfig(
+        d_model=64, n_heads=4, n_layers=2, max_seq_len=256, vocab_size=256, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        ffn_config={"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2})),
 }
 
 PROMPT = torch.tensor([[5, 17, 42, 99, 3]])          # 5 tokens
@@ -50,8 +93,12 @@ def _model(arch):
     return ARCHS[arch]().eval()
 
 
-# Llama runs in the default suite; the other architectures with the slow (real-model) tests.
-@pytest.fixture(scope="module", params=[a if a.startswith("llama") else
+# Llama and one mixture of experts run in the default suite; the other architectures with the
+# slow (real-model) tests.
+DEFAULT_SUITE = ("llama", "mixtral_moe")
+
+
+@pytest.fixture(scope="module", params=[a if a.startswith(DEFAULT_SUITE) else
                                         pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
 def exported(request, tmp_path_factory):
     model = _model(request.param)

@@ -1,4 +1,4 @@
-"""Normalization layers: layer, RMS, group, batch and instance norms.
+"""Normalization layers: layer, RMS, group, batch and instance norms, and weight norm.
 
 With the ``f32_norm`` option an f16 graph computes these in f32 (input, weight and bias cast
 up, result cast back): f16 sums over long rows lose most of their precision.
@@ -230,3 +230,31 @@ def instance_norm(ctx, input, weight, bias, running_mean, running_var, use_input
     y, _, _ = _batch_norm(ctx, input, weight, bias, running_mean, running_var, use_input_stats,
                           eps, list(range(2, input.rank)))
     return _finish(ctx, [y])
+
+
+# -- weight norm -----------------------------------------------------------------------------
+def _weight_normalized(ctx, v, g, dim: int):
+    """``v * (g / ||v||)`` and the norm: the 2-norm of ``v`` over every axis but ``dim`` (over
+    all of them for dim -1, as torch's norm_except_dim), reduced axes kept as size 1. f16
+    weights are normalized in f32."""
+    dtype = _metas(ctx)[0].dtype
+    x = operand(ctx, v, "f32" if dtype == "f16" else dtype)
+    keep = None if dim == -1 else dim % x.rank
+    axes = [i for i in range(x.rank) if i != keep]
+    square = ctx.op("sqr", x, **ctx.like(x))
+    total = ctx.op("sum_reduce", square, axes=axes, **ctx.like(x, shape=_reduced(x.shape, axes)))
+    norm = ctx.op("sqrt", total, **ctx.like(total))
+    return _bin(ctx, "mul", x, _bin(ctx, "div", operand(ctx, g, x.dtype), norm)), norm
+
+
+@translates(aten._weight_norm.default)
+def _weight_norm(ctx, v, g, dim=0):
+    """_weight_norm(Tensor v, Tensor g, int dim=0) -> Tensor"""
+    w, _ = _weight_normalized(ctx, v, g, dim)
+    return _finish(ctx, [w])
+
+
+@translates(aten._weight_norm_interface.default)
+def _weight_norm_interface(ctx, v, g, dim=0):
+    """_weight_norm_interface(Tensor v, Tensor g, int dim=0) -> (Tensor, Tensor)"""
+    return _finish(ctx, _weight_normalized(ctx, v, g, dim))

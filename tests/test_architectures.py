@@ -1,0 +1,231 @@
+"""Generic t2n.export of tiny transformers architectures, run in tract and compared with torch.
+
+Mixture-of-experts decoders (hidden 64, 2 layers, 4 experts, top-2, vocabulary 256) export with
+their experts computed densely while tracing (t2n.moe); wav2vec2 exports the weight norm of its
+positional convolution (aten._weight_norm). Tolerance: t2n's ``approximate`` check, and
+max |tract - torch| <= 1e-5 * max |torch| on every output (REL below).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers.integrations.moe import use_experts_implementation
+
+import t2n
+from helpers import Lambda, assert_bundle_matches, run_bundle
+from t2n import UnsupportedOpsError, VerificationError, moe
+from test_llm_export import ARCHS as LLM_ARCHS, COMMON
+
+REL = 1e-5
+IDS, OTHER_IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]]), torch.tensor([[9, 60, 11, 4, 200]])
+
+DEEPSEEK = dict(kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                v_head_dim=16, moe_intermediate_size=64, n_shared_experts=1, n_routed_experts=4,
+                first_k_dense_replace=1, num_experts_per_tok=2,
+                **{**COMMON, "num_key_value_heads": 4})
+OTHER_ARCHS = {
+    # softmax routing, top-k within the best groups (group_limited_greedy)
+    "deepseek_v2": lambda: transformers.DeepseekV2ForCausalLM(transformers.DeepseekV2Config(
+        topk_method="group_limited_greedy", n_group=2, topk_group=1, **DEEPSEEK)),
+    # sigmoid routing, score-correction bias, top-2-sum group choice, renormalized and scaled
+    "deepseek_v3": lambda: transformers.DeepseekV3ForCausalLM(
+        transformers.DeepseekV3Config(n_group=2, topk_group=1, **DEEPSEEK)),
+    "minimax": lambda: transformers.MiniMaxForCausalLM(transformers.MiniMaxConfig(
+        num_local_experts=4, num_experts_per_tok=2, head_dim=16, **COMMON)),
+}
+MOE_NAMES = ["mixtral_moe", "qwen2_moe", "qwen3_moe", "olmoe", "flex_olmo", "phimoe",
+             "granitemoe", "granitemoeshared", "glm4_moe", "dots1", "ernie4_5_moe",
+             "hunyuan_v1_moe", "gpt_oss", "dbrx"]
+FACTORIES = {**{n: LLM_ARCHS[n] for n in MOE_NAMES}, **OTHER_ARCHS}
+DEFAULT_SUITE = {"mixtral_moe", "qwen2_moe"}
+# the attention of these keeps the token axis static in a generic export (gpt_oss: its sinks'
+# concat; minimax: its lightning attention's block size); export_llm covers gpt_oss with S
+STATIC_TOKENS = {"gpt_oss", "minimax"}
+
+
+def _model(name):
+    torch.manual_seed(0)
+    return FACTORIES[name]().eval()
+
+
+class Logits(torch.nn.Module):
+    """A causal LM without cache: input ids -> logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids, use_cache=False).logits
+
+
+class Outputs(torch.nn.Module):
+    """A transformers model with its ModelOutput fields as a tuple."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return self.model(*args).to_tuple()
+
+
+def _assert_relative(result, model, *inputs):
+    """max |tract - torch| <= REL * max |torch| on each output, for each tuple of inputs."""
+    for args in inputs:
+        with torch.no_grad():
+            expected = model(*args)
+        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+        got = run_bundle(result.path, *[a.numpy() for a in args])
+        for name, g, e in zip(result.output_names, got, expected):
+            e = e.numpy()
+            assert np.abs(g - e).max() <= REL * np.abs(e).max(), name
+
+
+def _params(names):
+    return [n if n in DEFAULT_SUITE else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+# -- mixture of experts: whole decoders ------------------------------------------------------
+@pytest.mark.parametrize("arch", _params([*MOE_NAMES, "minimax"]))
+def test_moe_decoder(arch, tmp_path):
+    model = Logits(_model(arch))
+    if arch in STATIC_TOKENS:
+        result = assert_bundle_matches(model, (IDS,), tmp_path)
+        _assert_relative(result, model, (IDS,))
+        return
+    result = assert_bundle_matches(model, (IDS,), tmp_path, dynamic_axes={"input_ids": {1: "S"}},
+                                   other_args=[(OTHER_IDS,)])
+    _assert_relative(result, model, (IDS,), (OTHER_IDS,))
+
+
+def _moe_block(arch):
+    """The MoE block of layer 1 (layer 0 is dense), its parameters drawn wider than the
+    model's initialization so that the routing and the experts weigh in the output."""
+    block = _model(arch).model.layers[1].mlp
+    for p in list(block.parameters()) + list(block.buffers()):
+        torch.nn.init.normal_(p, std=0.3)
+    return block
+
+
+# DeepSeek V2 and V3 whole models stop outside their MoE blocks (V2: complex RoPE, aten.polar;
+# V3: its latent attention), so their blocks, router included, are exported alone
+@pytest.mark.parametrize("arch", ["deepseek_v3", pytest.param("deepseek_v2",
+                                                               marks=pytest.mark.slow)])
+def test_deepseek_moe_block(arch, tmp_path):
+    block = _moe_block(arch)
+    x, other = torch.randn(1, 8, 64), torch.randn(1, 3, 64)
+    result = assert_bundle_matches(block, (x,), tmp_path, other_args=[(other,)],
+                                   dynamic_axes={"hidden_states": {1: "S"}})
+    _assert_relative(result, block, (x,), (other,))
+
+
+# -- mixture of experts: the dense experts against transformers' kernels ---------------------
+def _experts(model):
+    return [m for m in model.modules() if moe.rewritable(m)]
+
+
+def test_every_verified_class_is_tested_here():
+    found = set()
+    for name in FACTORIES:
+        found |= {f"{type(m).__module__}.{type(m).__qualname__}" for m in _experts(_model(name))}
+    assert found == set(moe.VERIFIED_EXPERTS)
+
+
+@pytest.mark.parametrize("arch", list(FACTORIES))
+def test_dense_experts_equal_transformers(arch):
+    """The static forward against the module's own (transformers' default kernel), on random
+    routing of 6 tokens with weights and activations of order 1."""
+    model = _model(arch)
+    module = _experts(model)[0]
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(6, model.config.hidden_size)
+    index = torch.rand(6, module.num_experts).argsort(-1)[:, :2]
+    weights = torch.rand(6, 2)
+    with torch.no_grad():
+        expected = module(x, index, weights)
+        with moe.static_experts(module):
+            assert "forward" in module.__dict__
+            got = module(x, index, weights)
+    assert "forward" not in module.__dict__
+    torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
+
+
+# -- mixture of experts: what is left alone -------------------------------------------------
+@use_experts_implementation
+class LookAlikeExperts(torch.nn.Module):
+    """Mixtral's experts layout, flags and dispatch under a class t2n has not verified."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.gate_up_proj = torch.nn.Parameter(
+            torch.randn(self.num_experts, 2 * config.intermediate_size, config.hidden_size))
+        self.down_proj = torch.nn.Parameter(
+            torch.randn(self.num_experts, config.hidden_size, config.intermediate_size))
+        self.act_fn = torch.nn.SiLU()
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        raise NotImplementedError("runs through transformers' experts interface only")
+
+
+def test_look_alike_experts_are_left_alone(tmp_path):
+    model = _model("mixtral_moe")
+    for layer in model.model.layers:
+        layer.mlp.experts = LookAlikeExperts(model.config)
+    assert not _experts(model)
+    with pytest.raises(UnsupportedOpsError, match=r"aten\.histc"):
+        t2n.export(Logits(model), (IDS,), tmp_path / "bundle")
+
+
+def test_subclass_or_other_layout_is_left_alone():
+    from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+
+    class Subclass(MixtralExperts):
+        pass
+
+    config = _model("mixtral_moe").config
+    plain, sub, biased = MixtralExperts(config), Subclass(config), MixtralExperts(config)
+    biased.has_bias = True
+    assert moe.rewritable(plain) and not moe.rewritable(sub) and not moe.rewritable(biased)
+    holder = torch.nn.ModuleList([plain, sub, biased])
+    with moe.static_experts(holder):
+        assert ["forward" in m.__dict__ for m in holder] == [True, False, False]
+    assert not any("forward" in m.__dict__ for m in holder)
+
+
+def test_wrong_routing_fails_the_check(tmp_path, monkeypatch):
+    """The comparisons above see the experts: reversed routing weights fail t2n's check."""
+    original = moe._routing_matrix
+    monkeypatch.setattr(moe, "_routing_matrix", lambda index, weights, experts, dtype: original(
+        index, weights.flip(-1), experts, dtype))
+    with pytest.raises(VerificationError, match="tract disagrees"):
+        t2n.export(Logits(_model("mixtral_moe")), (IDS,), tmp_path / "bundle")
+
+
+# -- weight norm -----------------------------------------------------------------------------
+def test_wav2vec2(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4)
+    model = Outputs(transformers.Wav2Vec2Model(config).eval())
+    x = torch.randn(1, 1600)
+    result = assert_bundle_matches(model, (x,), tmp_path)
+    _assert_relative(result, model, (x,))
+
+
+@pytest.mark.parametrize("dim", [0, 2, None], ids=lambda d: f"dim{d}")
+def test_weight_norm_conv(dim, tmp_path):
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(4, 6, 3), dim=dim)
+    assert_bundle_matches(conv.eval(), (torch.randn(1, 4, 10),), tmp_path)
+
+
+def test_weight_norm_interface(tmp_path):
+    """The fused form (first or last axis kept), which returns the norm too."""
+    fn = Lambda(lambda v, g: torch._weight_norm_interface(v, g, 2))
+    assert_bundle_matches(fn, (torch.randn(6, 4, 3), torch.randn(1, 1, 3)), tmp_path)
