@@ -286,3 +286,41 @@ def test_a_users_linear_translator_keeps_8bit_linears(tmp_path):
         TRANSLATORS[target] = saved
     held = tract_quantized_tensors(result.path)
     assert sum(t.startswith("QI8") for t in held.values()) == 2, held   # both weights
+
+
+class _LinearThen(nn.Module):
+    """An 8-bit linear whose output marker is reached through ``between``, or read by a
+    second consumer beside its marker (look-alikes of an integer linear's output)."""
+
+    def __init__(self, between=None, shared=False):
+        super().__init__()
+        torch.manual_seed(0)
+        w = torch.randn(16, 32) * 0.1
+        scale = float(w.abs().max()) / 127
+        self.fc = t2n.quant.int8.QuantizedLinear((w / scale).round() * scale, torch.zeros(16),
+                                                 (scale, 0, "i8"), None,
+                                                 in_qparams=(0.02, 128, "u8"))
+        self.between, self.shared = between, shared
+
+    def forward(self, x):
+        y = self.fc(x)
+        z = self.between(y) if self.between is not None else y
+        q = t2n.quant.int8.fake_quant(z, 0.05, 128, "u8")
+        return q + y if self.shared else q
+
+
+@pytest.mark.parametrize("between, shared, integer", [
+    (None, False, True), (torch.relu, False, True), (torch.sigmoid, False, False),
+    (None, True, False)], ids=["marker", "relu_marker", "sigmoid_marker", "shared_output"])
+def test_integer_linear_output_only_where_the_marker_reads_it_alone(between, shared, integer,
+                                                                    tmp_path):
+    """The linear's output is requantized by tract only when its marker (through a ReLU at
+    most) is its sole reader; a sigmoid between them or a second reader keeps it float. All
+    match the fake-quantized torch model."""
+    model = _LinearThen(between, shared)
+    result = t2n.export(model, torch.rand(4, 32) * 4, tmp_path / "b")
+    assert result.verification.passed
+    graph = (tmp_path / "b" / "graph.nnef").read_text()
+    quantized_linear = re.search(r"(\w+) = linear\(", graph).group(1) in quant_lines(
+        tmp_path / "b")
+    assert quantized_linear == integer, graph

@@ -122,3 +122,28 @@ def test_f16_arithmetic_choice_is_validated(tmp_path):
         t2n.export(Lambda(torch.relu), (torch.randn(2, 3),), tmp_path / "out", dtype="f16",
                    f16_arithmetic="fast")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cast_from_integers_is_not_read_as_an_f32_source():
+    """Look-alike of a rounded f32 value: an f16 cast of an i64 tensor. The widened product
+    must read a cast of the f16 value, never the integer tensor as if it were f32."""
+    i = Value("i", (2, 64), "i64")
+    h, y = Value("h", (2, 64), "f16"), Value("y", (2, 64), "f16")
+    graph = Graph(inputs=[Input("i", "i64", (2, 64))], operations=[
+        Operation(["h"], "tract_core_cast", [i], {"to": "f16"}),
+        Operation(["y"], "mul", [h, h]),
+    ], outputs=["y"])
+    widen_f16_arithmetic(graph, [y])
+    mul = next(op for op in graph.operations if op.op == "mul")
+    sources = {op.outputs[0]: op for op in graph.operations}
+    for arg in mul.args:
+        cast = sources[arg.name]
+        assert cast.op == "tract_core_cast" and cast.args[0].name == "h", graph.operations
+
+
+def test_integer_arithmetic_in_an_f16_graph_is_left_alone():
+    i, j = Value("i", (2, 64), "i64"), Value("j", (2, 64), "i64")
+    graph = Graph(inputs=[Input("i", "i64", (2, 64))], operations=[
+        Operation(["j"], "add", [i, i])], outputs=["j"])
+    widen_f16_arithmetic(graph, [j])
+    assert [(op.op, op.outputs) for op in graph.operations] == [("add", ["j"])]
