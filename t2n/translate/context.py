@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from t2n.errors import TranslationError
-from t2n.nnef.graph import DTYPES, FLOAT_DTYPES, Dim, Graph, Operation, Ref, Variable
+from t2n.nnef.graph import DTYPES, FLOAT_DTYPES, Graph, Operation, Ref, Variable
 
 __all__ = ["Value", "Ctx", "Options"]
 

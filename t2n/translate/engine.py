@@ -5,7 +5,7 @@ import functools
 import logging
 import operator
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import torch
 from torch.export import ExportedProgram
