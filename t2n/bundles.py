@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import stat
 import tarfile
+import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +21,102 @@ from t2n.quant.q4_0 import ITEM_TYPE as Q4_0_ITEM_TYPE
 
 __all__ = ["BundleInfo", "bundle_info", "check_bundle", "ops_table", "read_member"]
 
+_REEXPORT = ("a bundle holds graph.nnef, graph.quant and .dat files under one folder; "
+             "re-export it")
+
+
+def _refused(path: Path, member: str, problem: str) -> LoadError:
+    return LoadError(f"bundle {path} member {member!r} {problem}", _REEXPORT)
+
+
+def _member_name(raw: str) -> str:
+    """An archive member's name as the bundle knows it: without ``./`` or doubled slashes."""
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    return "/".join(parts) or "."
+
+
+def _archive_problem(member: tarfile.TarInfo) -> str | None:
+    """Why an archive member cannot be part of a bundle, or None. Links are refused even when
+    they stay inside: t2n never writes them."""
+    if member.name.startswith("/"):
+        return "is an absolute path"
+    if ".." in member.name.split("/"):
+        return "escapes the bundle"
+    if member.issym():
+        return f"is a symbolic link (to {member.linkname!r})"
+    if member.islnk():
+        return f"is a hard link (to {member.linkname!r})"
+    if member.ischr():
+        return "is a character device"
+    if member.isblk():
+        return "is a block device"
+    if member.isfifo():
+        return "is a FIFO"
+    if not (member.isfile() or member.isdir()):
+        return "is neither a regular file nor a folder"
+    if member.isfile() and _member_name(member.name) == ".":
+        return "is a file without a name"
+    return None
+
+
+def _archive_members(path: Path) -> dict[str, int]:
+    """Every member of a .tar/.tgz bundle checked from its header, before any is read:
+    regular files and folders under one root, each named once. Returns file name -> size."""
+    try:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise LoadError(f"bundle {path} is not a readable archive: {e}", _REEXPORT) from e
+    seen: set[str] = set()
+    files: dict[str, int] = {}
+    for m in members:
+        name = _member_name(m.name)
+        problem = _archive_problem(m)
+        if problem is None and name in seen and name != ".":
+            problem = "appears twice"
+        if problem:
+            raise _refused(path, m.name, problem)
+        seen.add(name)
+        if m.isfile():
+            files[name] = m.size
+    return files
+
+
+def _kind(mode: int) -> str:
+    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")]
+    return next((k for test, k in kinds if test(mode)), "not a regular file")
+
+
+def _folder_members(path: Path) -> dict[str, int]:
+    """Every entry of a bundle folder checked before any is read: regular files and folders,
+    and symbolic links that resolve to one of them inside the bundle. Returns file -> size."""
+    root = os.path.realpath(path)
+    files: dict[str, int] = {}
+    for folder, dirs, names in os.walk(path):  # symbolic links to folders are not entered
+        for entry in sorted(dirs + names):
+            full = Path(folder, entry)
+            rel = full.relative_to(path).as_posix()
+            mode = full.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                target, real = os.readlink(full), os.path.realpath(full)
+                if os.path.commonpath([root, real]) != root:
+                    raise _refused(path, rel, f"links outside the bundle (to {target!r})")
+                if not os.path.exists(real):
+                    raise _refused(path, rel, f"is a dangling link (to {target!r})")
+                mode = os.stat(real).st_mode
+            if stat.S_ISREG(mode):
+                files[rel] = full.stat().st_size
+            elif not stat.S_ISDIR(mode):
+                raise _refused(path, rel, f"is {_kind(mode)}")
+    return files
+
 
 def _members(path: Path) -> dict[str, int]:
-    if path.is_dir():
-        return {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*") if p.is_file()}
-    with tarfile.open(path) as tar:
-        return {m.name.removeprefix("./"): m.size for m in tar.getmembers() if m.isfile()}
+    """The files of a bundle, name -> size, once every member has been checked (raises
+    LoadError naming the first member that escapes the bundle, is a link or special file
+    pointing elsewhere, or appears twice)."""
+    return _folder_members(path) if path.is_dir() else _archive_members(path)
 
 
 def read_member(path: Path, name: str) -> bytes | None:
@@ -32,21 +126,32 @@ def read_member(path: Path, name: str) -> bytes | None:
         return p.read_bytes() if p.is_file() else None
     with tarfile.open(path) as tar:
         for m in tar.getmembers():
-            if m.name.removeprefix("./") == name:
+            if m.isfile() and _member_name(m.name) == name:
                 return tar.extractfile(m).read()
     return None
 
 
 def _open(path) -> Path:
+    """A bundle path whose members are all checked (nothing read yet) and has graph.nnef."""
     path = Path(path)
     if not path.exists():
         raise LoadError(f"bundle {path} does not exist", "give the path t2n export wrote")
-    if path.is_file() and not tarfile.is_tarfile(path):
+    if not path.is_dir() and not (path.is_file() and tarfile.is_tarfile(path)):
         raise LoadError(f"{path} is neither a bundle folder nor a .tar/.tgz",
                         "give the path t2n export wrote")
-    if read_member(path, "graph.nnef") is None:
+    if "graph.nnef" not in _members(path):
         raise LoadError(f"{path} has no graph.nnef", "give the path t2n export wrote")
     return path
+
+
+def _tract_model(path: Path):
+    try:
+        return verify.load_tract_model(path)
+    except Exception as e:  # tract raises TractError for anything it cannot load
+        if type(e).__name__ != "TractError":
+            raise
+        raise LoadError(f"tract could not load bundle {path}: {verify.tract_error_line(e)}",
+                        "re-export it; run with -v for details") from e
 
 
 @dataclass
@@ -97,7 +202,7 @@ def _dat_format(head: bytes) -> str:
 def bundle_info(path) -> BundleInfo:
     path = _open(path)
     info = BundleInfo(path)
-    model = verify.load_tract_model(path)
+    model = _tract_model(path)
     for i in range(model.input_count()):
         info.inputs.append((model.input_name(i), str(model.input_fact(i))))
     for i in range(model.output_count()):
@@ -173,10 +278,14 @@ def check_bundle(path, tolerance: str | None = None, binary: str | None = None):
     if raw_io is None or raw_meta is None:
         raise LoadError(f"{path} holds no stored inputs/outputs",
                         "export it again with --dump-io")
-    meta = json.loads(raw_meta)
-    with np.load(io.BytesIO(raw_io), allow_pickle=False) as data:
-        inputs = [data[n] for n in meta["inputs"]]
-        outputs = [data[n] for n in meta["outputs"]]
+    try:
+        meta = json.loads(raw_meta)
+        with np.load(io.BytesIO(raw_io), allow_pickle=False) as data:
+            inputs = [data[n] for n in meta["inputs"]]
+            outputs = [data[n] for n in meta["outputs"]]
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+        raise LoadError(f"{path} has unreadable stored inputs/outputs ({IO_FILE}, {META_FILE}): "
+                        f"{type(e).__name__}: {e}", "export it again with --dump-io") from e
     return verify.check(path, inputs, outputs, meta["outputs"],
                         tolerance or meta.get("tolerance", "approximate"), binary=binary,
                         steps=meta.get("output_steps"))

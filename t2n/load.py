@@ -103,7 +103,14 @@ def read_example_inputs(path) -> dict[str, torch.Tensor]:
                         "save them with numpy.savez (no object arrays) or safetensors") from e
     if not arrays:
         raise LoadError(f"example inputs file {path} holds no arrays", "save at least one input")
-    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    tensors = {}
+    for k, v in arrays.items():
+        try:
+            tensors[k] = torch.from_numpy(np.array(v))
+        except TypeError as e:
+            raise LoadError(f"example input {k!r} of {path} has dtype {v.dtype}, which torch "
+                            "cannot hold", "save it as a float, integer or bool array") from e
+    return tensors
 
 
 def _forward_params(module) -> dict:
@@ -113,6 +120,70 @@ def _forward_params(module) -> dict:
         return {}
     return {k: p for k, p in params.items()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _signature(module, params: dict, most: int = 8) -> str:
+    """``Small.forward(x, mask=...)``: the parameters example inputs are matched with."""
+    shown = [k if p.default is p.empty else f"{k}=..." for k, p in params.items()]
+    if len(shown) > most:
+        shown = shown[:most] + [f"... {len(params)} in all"]
+    return f"{type(module).__name__}.forward({', '.join(shown)})"
+
+
+def _match_inputs(module, named: dict) -> tuple[tuple, dict]:
+    """Example inputs as forward's (args, kwargs): by name when every name is a parameter,
+    else in order. Raises LoadError naming an input forward does not take, a required
+    parameter no input fills, or an input beyond the last parameter."""
+    try:
+        every = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        every = None
+    params = _forward_params(module)
+    by_name = all(k in params for k in named)
+    if every is None or any(p.kind == p.VAR_POSITIONAL for p in every):
+        # forward(*args) or no signature: nothing to check the names against
+        return ((), named) if by_name else (tuple(named.values()), {})
+    sig = _signature(module, params)
+    if by_name:
+        filled = list(named)
+    elif any(k in params for k in named):
+        unknown = next(k for k in named if k not in params)
+        raise LoadError(f"example input {unknown!r} is not a parameter of {sig}",
+                        "drop it, or rename it after the parameter it stands for")
+    else:  # no name matches: in order, as np.savez(path, a, b) names them arr_0, arr_1
+        positional = [k for k, p in params.items() if p.kind != p.KEYWORD_ONLY]
+        if len(named) > len(positional):
+            extra = list(named)[len(positional)]
+            raise LoadError(f"example input {extra!r} has no parameter left in {sig} "
+                            f"({len(named)} inputs for {len(positional)} parameters)",
+                            "drop it, or name the inputs after the parameters")
+        filled = positional[:len(named)]
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in filled]
+    if missing:
+        raise LoadError(f"example inputs lack {missing[0]!r}, required by {sig}",
+                        f"give an input named {missing[0]!r}")
+    return ((), named) if by_name else (tuple(named.values()), {})
+
+
+def _try_forward(module, args: tuple, kwargs: dict, source, cast: bool) -> None:
+    """Run forward once on inputs read from a file, so that a misshaped or mistyped input is
+    a one-line LoadError here, not a torch traceback in the middle of the export. ``cast``:
+    float inputs take the weights' float type first, as the export does for ``--dtype``."""
+    weights = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+    def fit(t):
+        return t.to(weights) if cast and weights is not None and t.is_floating_point() else t
+    try:
+        with torch.no_grad():
+            module(*(fit(a) for a in args), **{k: fit(v) for k, v in kwargs.items()})
+    except Exception as e:
+        names = list(_forward_params(module))[:len(args)] + list(kwargs)
+        shown = ", ".join(f"{n} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+                          for n, t in zip(names, list(args) + list(kwargs.values())))
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sig = _signature(module, _forward_params(module))
+        raise LoadError(f"{sig} fails on the example inputs of {source} ({shown}): {first}",
+                        "give inputs of the shapes and dtypes the model expects") from e
 
 
 def _random_input(spec: InputSpec, vocab: int | None) -> torch.Tensor:
@@ -285,9 +356,7 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
     if not named and need_inputs:
         raise LoadError(f"model {spec} needs example inputs",
                         "pass --input-shape NAME=1,3,224,224 or --example-inputs FILE")
-    params = _forward_params(module)
-    if all(k in params for k in named):
-        args, kwargs = (), named
-    else:
-        args, kwargs = tuple(named.values()), {}
+    args, kwargs = _match_inputs(module, named) if named else ((), {})
+    if example_inputs is not None:
+        _try_forward(module, args, kwargs, example_inputs, cast=dtype is not None)
     return Loaded(module, args, kwargs, source=spec, tokenizer=tokenizer, folder=folder)
