@@ -107,6 +107,6 @@ def test_bundle_refuses_existing_then_overwrites(tmp_path):
 def test_bundle_failure_leaves_nothing(tmp_path):
     g = _tiny_graph()
     g.variables.append(Variable("bad", "bad", (1,), "f32", lambda: 1 / 0))
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(WriteError, match="bad.dat failed with ZeroDivisionError"):
         write(g, tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
