@@ -88,3 +88,25 @@ def test_smollm2_exports_run_in_tract(compression, tmp_path):
                        [expected.numpy()], ["logits"], "very")
     assert got.passed and got.outputs[0].cosine > 0.99999, got.summary()
     assert got.outputs[0].max_abs < 2e-3, got.summary()
+
+
+@pytest.mark.slow
+def test_minilm_ptq_int8_passes_the_8bit_gates_at_two_lengths(tmp_path):
+    """A six-layer 8-bit graph carries level flips on (tract against the fake-quantized torch
+    model: cosine ~0.99, SQNR 17-19 dB): the 8-bit gates accept it, at the traced length and
+    at the second one with a padded mask."""
+    import pydoc_data.topics
+
+    from t2n.compress.ptq import calibration_from
+    loaded = load_model(str(packaged_file(*MINILM_FOLDER)))
+    lines = [ln for ln in "\n".join(pydoc_data.topics.topics.values()).splitlines()
+             if len(ln) > 40][:32]
+    (tmp_path / "calib.txt").write_text("\n".join(lines))
+    calibration = calibration_from(tmp_path / "calib.txt", samples=32, kwargs=loaded.kwargs,
+                                   tokenizer=loaded.tokenizer)
+    axes = {n: {1: "S"} for n in ("input_ids", "token_type_ids", "attention_mask")}
+    result = t2n.export(loaded.module, (), tmp_path / "q8", kwargs=loaded.kwargs,
+                        dynamic_axes=axes, compression="ptq_int8",
+                        calibration_data=[kw for _, kw in calibration.samples])
+    assert result.verification.passed and result.resized.passed
+    assert all(o.cosine > 0.98 for o in result.verification.outputs + result.resized.outputs)
