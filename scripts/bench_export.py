@@ -17,9 +17,11 @@ imports, model load, export, write; for t2n also its own tract verification, and
 (default 1: on a shared machine torch's OpenMP threads spin while another job holds a core):
   - wall time: perf_counter around the child's whole life (median of the rounds), plus the
     child's user+system CPU time (steadier when other jobs share the machine);
-  - peak RSS: ru_maxrss of that single child, from os.wait4(pid) in a tiny launcher process (the
-    kernel's high-water mark of its resident set: exact, no polling; the launcher's ~10 MB is
-    the floor, since a spawned child inherits its parent's pre-exec high-water mark);
+  - peak RSS: the largest of three readings of that single child, taken by a tiny launcher
+    process (_bench_common.LAUNCHER): ru_maxrss from os.wait4(pid), its VmRSS read from
+    /proc/PID/status every 10 ms, and the last VmHWM read in that loop (the kernel's high-water
+    marks are updated lazily and can miss a peak whose pages are handed back right after it);
+    the tables say which reading gave it. Without /proc, ru_maxrss alone (and the docs say so);
   - bundle bytes: size of the .tgz (both tools at the same gzip level, --tgz-level, default 0:
     stored, t2n's default; compressing f32 weights saves ~7% and costs ~30 s per GB);
   - tract latency: both bundles loaded in THIS process with the tract bindings, run() on the same
@@ -29,7 +31,9 @@ imports, model load, export, write; for t2n also its own tract verification, and
 Model preparation (tokenizing, building and saving the random Llama, torch references) is outside
 the timed part. The torch-to-nnef side is scripts/_baseline_export.py, run by the baseline python.
 Markdown goes to stdout; --write-docs also replaces the section between
-<!-- bench_export:start --> and <!-- bench_export:end --> in docs/benchmarks.md.
+<!-- bench_export:start --> and <!-- bench_export:end --> in docs/benchmarks.md, writes the
+figures to docs/bench_export.json and renders the README's comparison table from the docs/bench_*.json
+files. Every sentence of the section that compares the tools is computed from the measured values.
 """
 from __future__ import annotations
 
@@ -46,10 +50,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _bench_common import (DEFAULT_BASELINE, DOCS, REPO, bench_env, commands_section,
-                           environment_lines, import_tract, log, measured_export,
-                           probe_environments, remove, run_meta, shell_line, warm_imports,
-                           work_folder, write_docs)
+from _bench_common import (BASE_TOOL, DEFAULT_BASELINE, DOCS, REPO, ExportRecord,
+                           alternating_timings, bench_env, commands_section, environment_lines,
+                           fmt_ratio, import_tract, load_line, load_tract, log, measured_export,
+                           mib, path_bytes, probe_environments, ratio, read_through, remove,
+                           rss_method_text, rss_readings_table, run_meta, save_results,
+                           shell_line, spread_text, warm_imports, work_folder, write_docs,
+                           write_readme)
 
 BASELINE_SCRIPT = Path(__file__).resolve().parent / "_baseline_export.py"
 START, END = "<!-- bench_export:start -->", "<!-- bench_export:end -->"
@@ -69,40 +76,14 @@ SHORT_SEQ = 8  # second sequence length run in tract: checks the dynamic axis
 
 
 @dataclass
-class Export:
+class Export(ExportRecord):
     tool: str            # "torch-to-nnef", "t2n", "t2n --no-verify"
     cmd: list
     bundle: Path
     ok: bool = True
-    walls: list = field(default_factory=list)   # seconds, one per round
-    rsss: list = field(default_factory=list)    # peak RSS bytes, one per round
-    cpus: list = field(default_factory=list)    # user + system CPU seconds, one per round
     bundle_bytes: int = 0
     error: str = ""
     failed_wall: float = 0.0
-
-    @property
-    def wall_s(self) -> float:  # median over rounds
-        return statistics.median(self.walls) if self.walls else float("nan")
-
-    @property
-    def cpu_s(self) -> float:  # median over rounds
-        return statistics.median(self.cpus) if self.cpus else float("nan")
-
-    @property
-    def peak_rss(self) -> int:  # highest over rounds
-        return max(self.rsss) if self.rsss else 0
-
-    def wall_text(self) -> str:
-        if len(self.walls) < 2:
-            return f"{self.wall_s:.1f}"
-        return f"{self.wall_s:.1f} ({min(self.walls):.1f}–{max(self.walls):.1f})"
-
-
-def path_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else 0
 
 
 def measure(ex: Export, work: Path, timeout: float, env: dict, round_: int) -> Export:
@@ -113,12 +94,10 @@ def measure(ex: Export, work: Path, timeout: float, env: dict, round_: int) -> E
     r = measured_export(f"{ex.tool} (round {round_})", ex.cmd, ex.bundle, work,
                         f"{stem}.{round_}", timeout, env, bundle_text=ex.bundle.name)
     if not r.error:
-        ex.walls.append(r.wall)
-        ex.rsss.append(r.rss)
-        ex.cpus.append(r.cpu)
+        ex.add(r)
         ex.bundle_bytes = path_bytes(ex.bundle)
-        log(f"  -> ok in {r.wall:.1f} s ({r.cpu:.1f} s CPU), peak RSS {r.rss / 2**20:.0f} MiB, "
-            f"{ex.bundle_bytes / 1e6:.1f} MB")
+        log(f"  -> ok in {r.wall:.1f} s ({r.cpu:.1f} s CPU), peak RSS {r.rss / 2**20:.0f} MiB "
+            f"({', '.join(r.peak.sources)}), {ex.bundle_bytes / 1e6:.1f} MB")
     else:
         ex.ok, ex.failed_wall, ex.error = False, r.wall, r.error
     return ex
@@ -234,27 +213,26 @@ def prepare_llama(work: Path) -> Model:
 def tract_latency(m: Model, bundles: dict, runs: int, warmup: int) -> None:
     """Load each bundle with the tract bindings, check outputs, time run() alternating."""
     import numpy as np
-    import tract
-    runnables = {}
+    loaded = {}
     for tool, path in bundles.items():
         try:
-            model = tract.nnef().with_tract_extra().with_tract_transformers().load(str(path))
-            names = [model.input_name(i) for i in range(model.input_count())]
-            missing = [n for n in names if n not in m.inputs]
+            tb = load_tract(path)
+            missing = [n for n in tb.input_names if n not in m.inputs]
             if missing:
-                raise RuntimeError(f"bundle inputs {names} do not match {list(m.inputs)}")
-            runnables[tool] = (model.into_runnable(), names)
+                raise RuntimeError(f"bundle inputs {tb.input_names} do not match "
+                                   f"{list(m.inputs)}")
+            loaded[tool] = tb
         except Exception as e:  # noqa: BLE001
             msg = str(e).strip().splitlines()
             m.latency[tool] = {"error": " / ".join(ln.strip() for ln in msg[:4] if ln.strip())}
             log(f"  tract cannot load {tool} bundle: {m.latency[tool]['error']}")
     # outputs against torch, at the export length and a shorter one (dynamic axis)
-    for tool, (run, names) in list(runnables.items()):
+    for tool, tb in list(loaded.items()):
         try:
             worst = 0.0
             for n, refs in m.refs.items():
                 feeds = _short(m.inputs, n)
-                outs = [t.to_numpy() for t in run.run([feeds[k] for k in names])]
+                outs = [t.to_numpy() for t in tb.runnable.run([feeds[k] for k in tb.input_names])]
                 if len(outs) != len(refs):
                     raise RuntimeError(f"{len(outs)} outputs, torch has {len(refs)}")
                 for o, r in zip(outs, refs):
@@ -264,28 +242,22 @@ def tract_latency(m: Model, bundles: dict, runs: int, warmup: int) -> None:
             m.outputs_diff[tool] = worst
         except Exception as e:  # noqa: BLE001
             m.latency[tool] = {"error": str(e).strip().splitlines()[0]}
-            runnables.pop(tool)
+            loaded.pop(tool)
             log(f"  tract run of {tool} bundle failed: {m.latency[tool]['error']}")
-    feeds = {tool: [m.inputs[k] for k in names] for tool, (_, names) in runnables.items()}
-    times: dict = {tool: [] for tool in runnables}
-    for _ in range(warmup):
-        for tool, (run, _) in runnables.items():
-            run.run(feeds[tool])
-    order = list(runnables)
-    for i in range(runs):
-        for tool in (order if i % 2 == 0 else order[::-1]):  # ABBA: no fixed first-in-round
-            run = runnables[tool][0]
-            t0 = time.perf_counter()
-            run.run(feeds[tool])
-            times[tool].append((time.perf_counter() - t0) * 1e3)
+
+    def call(tb):
+        feeds = [m.inputs[k] for k in tb.input_names]
+        return lambda: tb.runnable.run(feeds)
+    times, _, _ = alternating_timings({tool: call(tb) for tool, tb in loaded.items()}, runs,
+                                      warmup)
     for tool, ts in times.items():
-        ts.sort()
+        ts = sorted(t * 1e3 for t in ts)
         m.latency[tool] = {"median_ms": statistics.median(ts), "min_ms": ts[0],
                            "max_ms": ts[-1], "runs": len(ts)}
         log(f"  tract {tool}: median {statistics.median(ts):.1f} ms "
             f"(min {ts[0]:.1f}, max {ts[-1]:.1f}, {len(ts)} runs), "
             f"max |tract - torch| {m.outputs_diff.get(tool, float('nan')):.2g}")
-    runnables.clear()
+    loaded.clear()
     gc.collect()
 
 
@@ -293,10 +265,37 @@ def tract_latency(m: Model, bundles: dict, runs: int, warmup: int) -> None:
 # report
 
 
-def _ratio(a, b):
-    if a is None or b is None or not b:
-        return "—"
-    return f"{a / b:.2f}×"
+def model_ratios(m: Model) -> dict:
+    """t2n run -> {wall, cpu, peak_rss, bundle, latency}: t2n / torch-to-nnef (None where either
+    side failed)."""
+    base = next((e for e in m.exports if e.tool == BASE_TOOL), None)
+    bl = m.latency.get(BASE_TOOL, {}).get("median_ms")
+    tl = m.latency.get("t2n", {}).get("median_ms")
+    out = {}
+    for ex in m.exports:
+        if not ex.tool.startswith("t2n"):
+            continue
+        ok = ex.ok and base is not None and base.ok
+        out[ex.tool] = {
+            "wall": ratio(ex.wall, base.wall) if ok else None,
+            "cpu": ratio(ex.cpu, base.cpu) if ok else None,
+            "peak_rss": ratio(ex.rss, base.rss) if ok else None,
+            "bundle": ratio(ex.bundle_bytes, base.bundle_bytes) if ok else None,
+            "latency": ratio(tl, bl) if ok and ex.tool == "t2n" else None,
+        }
+    return out
+
+
+def comparison_sentence(tool: str, r: dict) -> str:
+    """One sentence built from the ratios of one t2n run (see model_ratios)."""
+    if r["wall"] is None:
+        return f"- `{tool}`: no comparison (an export failed)."
+    text = (f"- `{tool}`'s export took {fmt_ratio(r['wall'])} torch-to-nnef's wall time and "
+            f"{fmt_ratio(r['cpu'])} its CPU time, peaked at {fmt_ratio(r['peak_rss'])} its RSS, "
+            f"and wrote {fmt_ratio(r['bundle'])} its bundle bytes")
+    if r.get("latency") is not None:
+        text += f"; tract ran its bundle in {fmt_ratio(r['latency'])} the time"
+    return text + "."
 
 
 def report(models: list, meta: dict) -> str:
@@ -309,27 +308,26 @@ def report(models: list, meta: dict) -> str:
     for line in environment_lines(meta, tract_note=f"; {meta['runs']} timed runs after "
                                   f"{meta['warmup']} warm-ups per bundle, alternating"):
         add(line)
-    (a1, a5, _), (b1, b5, _) = meta["load"]
+    threads = ("OMP_NUM_THREADS=MKL_NUM_THREADS=" + str(meta["threads"]) if meta["threads"]
+               else "torch's default threads")
     add(f"- {meta['repeat']} export round(s), tools interleaved; export wall = median "
-        f"(min–max), export CPU = median user+system seconds of the child (less sensitive to "
-        f"other jobs than wall time), peak RSS = highest round; exports run with "
-        f"{'OMP_NUM_THREADS=MKL_NUM_THREADS=' + str(meta['threads']) if meta['threads'] else 'torch' + chr(39) + 's default threads'}. Load average 1/5 min: {a1:.2f}/{a5:.2f} at "
-        f"start, {b1:.2f}/{b5:.2f} at the end (other jobs share this machine)")
+        f"(min–max), export CPU = median user+system seconds of the child, peak RSS = highest "
+        f"round; exports run with {threads}")
+    add(load_line(meta))
     add("")
+    records = [(f"{m.key} {ex.tool}", ex) for m in models for ex in m.exports if ex.ok]
     add("How it is measured: each export is one fresh subprocess, timed from spawn to exit "
         "(python start, imports, model load, export, archive write). **t2n's export includes its "
         "own tract verification** (load the bundle in tract, run it, compare with torch); the "
         "`t2n --no-verify` row skips it. torch-to-nnef runs with `check_io=False` (its check needs "
-        "the tract CLI, not installable here), so it never loads its bundle in tract. Peak RSS is "
-        "the child's `ru_maxrss` from `os.wait4` on that single child (spawned by a ~10 MB launcher, "
-        "so no parent memory leaks into the figure). Bundle = the `.tgz` on "
+        "the tract CLI, not installable here), so it never loads its bundle in tract. "
+        + rss_method_text([p for _, ex in records for p in ex.peaks]) +
+        " Bundle = the `.tgz` on "
         f"disk (both tools at gzip level {meta['tgz_level']}"
         f"{', i.e. stored uncompressed, t2n' + chr(39) + 's default' if meta['tgz_level'] == 0 else ''}). "
         "Latency = median wall time of `run()` in the tract bindings "
         "on the same inputs; |Δ| = max abs difference of all outputs against torch, at the export "
-        "length and at S=8 (both bundles have a symbolic S). Wall times and latencies move with "
-        "the other jobs on the machine: treat ratios within about 10% (and latency medians "
-        "inside each other's min–max range) as equal.")
+        "length and at S=8 (both bundles have a symbolic S). " + spread_text(records))
     add("")
     for m in models:
         add(f"### {m.title}")
@@ -338,7 +336,6 @@ def report(models: list, meta: dict) -> str:
         add("")
         add("| tool | export wall (s) | export CPU (s) | peak RSS (MiB) | bundle (MB) | tract latency, median (ms) | max \\|tract − torch\\| |")
         add("|---|---:|---:|---:|---:|---:|---:|")
-        base_tool = "torch-to-nnef"
         for ex in m.exports:
             lat_tool = "t2n" if ex.tool.startswith("t2n") else ex.tool
             lat = m.latency.get(lat_tool, {})
@@ -355,40 +352,37 @@ def report(models: list, meta: dict) -> str:
                          if lat else "—")
                 d = m.outputs_diff.get(lat_tool)
                 diff_s = f"{d:.1e}" if isinstance(d, float) else "—"
-            add(f"| {ex.tool} | {ex.wall_text()} | {ex.cpu_s:.1f} | {ex.peak_rss / 2**20:.0f} | "
+            add(f"| {ex.tool} | {ex.wall_text()} | {ex.cpu:.1f} | {mib(ex.rss)} | "
                 f"{ex.bundle_bytes / 1e6:.1f} | {lat_s} | {diff_s} |")
         add("")
-        base = next((e for e in m.exports if e.tool == base_tool), None)
         add("Ratios t2n / torch-to-nnef (below 1 means t2n is smaller or faster):")
         add("")
         add("| t2n run | export wall | export CPU | peak RSS | bundle | tract latency |")
         add("|---|---:|---:|---:|---:|---:|")
-        bl = m.latency.get(base_tool, {}).get("median_ms")
-        tl = m.latency.get("t2n", {}).get("median_ms")
-        for ex in m.exports:
-            if not ex.tool.startswith("t2n"):
-                continue
-            ok = ex.ok and base is not None and base.ok
-            add(f"| {ex.tool} | {_ratio(ex.wall_s if ok else None, base.wall_s if ok else None)} | "
-                f"{_ratio(ex.cpu_s if ok else None, base.cpu_s if ok else None)} | "
-                f"{_ratio(ex.peak_rss if ok else None, base.peak_rss if ok else None)} | "
-                f"{_ratio(ex.bundle_bytes if ok else None, base.bundle_bytes if ok else None)} | "
-                f"{(_ratio(tl, bl) if ex.tool == 't2n' else 'same bundle') if ok else '—'} |")
+        ratios = model_ratios(m)
+        for tool, r in ratios.items():
+            lat = fmt_ratio(r["latency"]) if tool == "t2n" else "same bundle"
+            add(f"| {tool} | {fmt_ratio(r['wall'])} | {fmt_ratio(r['cpu'])} | "
+                f"{fmt_ratio(r['peak_rss'])} | {fmt_ratio(r['bundle'])} | {lat} |")
+        add("")
+        for tool, r in ratios.items():
+            add(comparison_sentence(tool, r))
+        add("")
+        add("Peak RSS readings of each export's highest round (MiB):")
+        add("")
+        rss_readings_table(add, [(ex.tool, ex) for ex in m.exports if ex.ok])
         add("")
     add("### Baseline configuration")
     add("")
     add("torch-to-nnef is driven through `export_model_to_nnef` with `TractNNEF(version=\"0.23.9\", "
         "check_io=False, specific_tract_binary_path=<stand-in printing 'tract 0.23.9'>, "
-        f"dynamic_axes=...)` and `compression_level={meta['tgz_level']}`, on the model wrapped to return t2n's "
-        "outputs (`scripts/_baseline_export.py`). With transformers 5 its bundles do not run in "
-        "tract as-is: its reified SDPA receives transformers' boolean masks, which tract 0.23.9 "
-        "rejects (\"Mask must be floating point\"); its non-reified SDPA fragment adds the boolean "
-        "mask as 0/1 (wrong once a token is padded); a decoder without attention_mask traces "
-        "transformers' packed-sequence detection (a bool cumsum tract cannot evaluate); a "
-        "[B,1,1,S] padding mask gets tiled with the example length baked in. The wrapper therefore "
-        "passes precomputed additive float masks ([B,1,S,S]; causal plus position ids for the "
-        "decoder, as torch_to_nnef_llm's handlers build them). t2n exports the unwrapped models "
-        "with their default attention.")
+        f"dynamic_axes=...)` and `compression_level={meta['tgz_level']}`, on the model wrapped to "
+        "return t2n's outputs (`scripts/_baseline_export.py`). The wrapper passes precomputed "
+        "additive float masks ([B,1,S,S]; causal plus position ids for the decoder, as "
+        "torch_to_nnef_llm's handlers build them) instead of transformers' own boolean masks; "
+        "the docstring of `scripts/_baseline_export.py` gives the reasons, and its `--bool-mask` "
+        "option reproduces the failures it avoids. t2n exports the unwrapped models with their "
+        "default attention.")
     add("")
     threads = (f", with OMP_NUM_THREADS=MKL_NUM_THREADS={meta['threads']}" if meta["threads"]
                else "")
@@ -396,6 +390,24 @@ def report(models: list, meta: dict) -> str:
                      f"`$BASELINE` = {meta['baseline_python']}, `$T2N` = {meta['t2n']}), each "
                      f"{meta['repeat']} time(s):")
     return "\n".join(L) + "\n"
+
+
+def results(models: list, meta: dict) -> dict:
+    """The run's figures for docs/bench_export.json (the README table is rendered from it)."""
+    out = {k: meta[k] for k in ("date", "total_s", "load", "machine", "git", "bench_cmd",
+                                "repeat", "threads", "tgz_level", "runs", "warmup")}
+    out["models"] = {}
+    for m in models:
+        tools = {}
+        for ex in m.exports:
+            lat = m.latency.get("t2n" if ex.tool.startswith("t2n") else ex.tool, {})
+            tools[ex.tool] = {"ok": ex.ok, "error": ex.error, **ex.record_json(),
+                              "bundle_bytes": ex.bundle_bytes,
+                              "latency_ms": lat.get("median_ms"),
+                              "max_abs_diff": m.outputs_diff.get(
+                                  "t2n" if ex.tool.startswith("t2n") else ex.tool)}
+        out["models"][m.key] = {"title": m.title, "tools": tools, "ratios": model_ratios(m)}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,7 +435,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per export")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (bundles, logs)")
     ap.add_argument("--write-docs", action="store_true",
-                    help=f"replace the bench_export section of {DOCS.relative_to(REPO)}")
+                    help=f"replace the bench_export section of {DOCS.relative_to(REPO)}, "
+                         f"write docs/bench_export.json and the README's comparison table")
     args = ap.parse_args()
 
     if not args.baseline_python.exists():
@@ -471,11 +484,7 @@ def main() -> int:
                 m = prepare_minilm(find_minilm(args.baseline_python, env))
             else:
                 m = prepare_llama(work)
-            for p in m.folder.iterdir():  # page cache: same start for every tool
-                if p.is_file():
-                    with open(p, "rb") as f:
-                        while f.read(1 << 24):
-                            pass
+            read_through([m.folder])  # page cache: same start for every tool
             npz = work / f"{m.key}_inputs.npz"
             import numpy as np
             np.savez(npz, **m.inputs)
@@ -521,7 +530,10 @@ def main() -> int:
     sys.stdout.write(section)
     if args.write_docs:
         write_docs(section, START, END)
-    return 0
+        save_results("bench_export", results(models, meta))
+        write_readme()
+    failed = [ex for m in models for ex in m.exports if not ex.ok]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

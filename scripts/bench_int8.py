@@ -75,7 +75,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _bench_common import DOCS, log, run_meta, write_docs
+from _bench_common import (DOCS, alternating_timings, cosine, fmt_ms, load_line, load_tract, log,
+                           machine_line, quartiles, run_meta, write_docs)
 
 START, END = "<!-- bench_int8:start -->", "<!-- bench_int8:end -->"
 TEXT = Path("/usr/share/common-licenses/GPL-3")
@@ -178,42 +179,6 @@ def export(label, model, args, path: Path, *, kwargs=None, **options) -> Bundle:
     return b
 
 
-def load_runnable(path: Path):
-    """(runnable, input names, output names) through the tract bindings."""
-    import tract
-    model = tract.nnef().with_tract_extra().with_tract_transformers().load(str(path))
-    ins = [model.input_name(i) for i in range(model.input_count())]
-    outs = [model.output_name(i) for i in range(model.output_count())]
-    return model.into_runnable(), ins, outs
-
-
-def side_by_side(entries: list, runs: int) -> tuple[dict, int]:
-    """entries: (key, runnable, inputs). Returns ({key: [seconds per run() call, one per
-    round]}, reps per timing, process CPU time / wall time over the rounds)."""
-    warm = {}
-    for key, rn, inputs in entries:
-        t0 = time.perf_counter()
-        for _ in range(WARMUP):
-            rn.run(inputs)
-        warm[key] = (time.perf_counter() - t0) / WARMUP
-    reps = max(1, min(2000, round(TARGET_S / max(1e-7, min(warm.values())))))
-    times = {key: [] for key, _, _ in entries}
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    for r in range(runs):
-        for key, rn, inputs in (entries if r % 2 == 0 else entries[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                rn.run(inputs)
-            times[key].append((time.perf_counter() - t0) / reps)
-    return times, reps, (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-
-
-def quartiles(values) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else \
-        [values[0]] * 3
-    return q[0], statistics.median(values), q[2]
-
-
 # ----------------------------------------------------------------------------------------------
 # 1. latency
 
@@ -242,11 +207,11 @@ def latency_case(name, model, shape, work: Path, runs: int, with_ao: bool) -> La
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization")
         bundles.append(export("torch.ao eager (qnnpack)", eager_quantized(model, samples), x,
                               work / f"{tag}_ao"))
-    entries = []
+    calls = {}
     for b in bundles:
-        rn, _, _ = load_runnable(b.path)
-        entries.append((b.label, rn, [x.numpy()]))
-    times, reps, cpu = side_by_side(entries, runs)
+        rn, xs = load_tract(b.path).runnable, [x.numpy()]
+        calls[b.label] = lambda rn=rn, xs=xs: rn.run(xs)
+    times, reps, cpu = alternating_timings(calls, runs, WARMUP, TARGET_S)
     case = LatencyCase(name, tuple(shape), reps, cpu)
     f32 = times["f32"]
     for b in bundles:
@@ -256,7 +221,7 @@ def latency_case(name, model, shape, work: Path, runs: int, with_ao: bool) -> La
                           statistics.median(t) / statistics.median(f32), paired))
     log("  " + "; ".join(f"{lab} {med * 1e3:.3f} ms (x{ratio:.2f})"
                          for lab, _, med, ratio, _ in case.rows) + f"; {reps} calls per timing")
-    del entries
+    del calls
     for b in bundles:
         shutil.rmtree(b.path, ignore_errors=True)
     return case
@@ -289,12 +254,6 @@ def mean_pooled(hidden, mask):
     h = np.asarray(hidden, dtype=np.float64)
     m = np.asarray(mask, dtype=np.float64)[..., None]
     return (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-
-
-def cosine(a, b) -> float:
-    import numpy as np
-    a, b = np.ravel(a), np.ravel(b)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def minilm_quality(work: Path, n_calib: int, n_eval: int) -> dict:
@@ -340,8 +299,11 @@ def minilm_quality(work: Path, n_calib: int, n_eval: int) -> dict:
             outliers.append((float(w.abs().max() / w.std()), name, float(w.abs().max()),
                              float(w.std())))
     outliers.sort(reverse=True)
+    embedding_bytes = sum(m.weight.numel() * m.weight.element_size() for m in module.modules()
+                          if isinstance(m, torch.nn.Embedding))
 
-    runners = [(b, *load_runnable(b.path)) for b in bundles]
+    runners = [(b, tb.runnable, tb.input_names, tb.output_names)
+               for b, tb in ((b, load_tract(b.path)) for b in bundles)]
     enc_all = [tok([line], return_tensors="pt") for line in eval_lines]
     eval_tokens = [int(e["input_ids"].shape[1]) for e in enc_all]
     log(f"MiniLM: {len(eval_lines)} evaluation lines ({min(eval_tokens)}-{max(eval_tokens)} "
@@ -400,7 +362,8 @@ def minilm_quality(work: Path, n_calib: int, n_eval: int) -> dict:
             "calib_tokens": calib_tokens, "eval_tokens": eval_tokens,
             "weights_only": (statistics.fmean(cos_weights_only), min(cos_weights_only))
             if cos_weights_only else None, "outliers": outliers[:4],
-            "example_tokens": int(kwargs["input_ids"].shape[1])}
+            "example_tokens": int(kwargs["input_ids"].shape[1]),
+            "embedding_bytes": embedding_bytes}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,7 +447,7 @@ def cnn_quality(work: Path, n_train: int, n_test: int, epochs: int) -> dict:
              "acc": float((ao_pred == yte_np).mean()), "agree": float((ao_pred == float_pred)
                                                                       .mean()), "bytes": None}]
     for b in bundles:
-        rn, _, _ = load_runnable(b.path)
+        rn = load_tract(b.path).runnable
         preds = []
         for i in range(0, n_test, 250):
             out = rn.run([np.ascontiguousarray(xte[i:i + 250].numpy())])
@@ -520,31 +483,22 @@ def versions() -> dict:
     return out
 
 
-def fmt_ms(s: float) -> str:
-    ms = s * 1e3
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
-
-
 def render(lat: list, sweep: list, mini: dict | None, cnn: dict | None,
            meta: dict) -> str:
     L = []
     add = L.append
-    mi, v = meta["machine"], meta["versions"]
-    (l1s, l5s, _), (l1e, l5e, _) = meta["load"]
+    v = meta["versions"]
     add("## 8-bit per-tensor quantization (ptq_int8): latency and quality in tract")
     add("")
     add(f"Measured {meta['date']} by `scripts/bench_int8.py` (whole run: "
         f"{meta['total_s'] / 60:.1f} min)." + (" **Quick smoke run: fewer rounds, shapes, "
                                                "sentences and images.**" if meta["quick"] else ""))
     add("")
-    add(f"- Machine: {mi.get('cpu', '?')}, nproc {mi.get('nproc')} (usable "
-        f"{mi.get('usable_cpus', '?')}), RAM {mi.get('ram_gib', 0):.1f} GiB, "
-        f"{mi.get('platform', '')}")
+    add(machine_line(meta["machine"]))
     add(f"- t2n {v['t2n']} (torch {v['torch']}, transformers {v['transformers']}, numpy "
         f"{v['numpy']}, python {v['python']}); tract {v['tract']} through its Python bindings, "
-        f"in the benchmark process; torch on 1 thread")
-    add(f"- Load average 1/5 min: {l1s:.2f}/{l5s:.2f} at start, {l1e:.2f}/{l5e:.2f} at the end: "
-        f"the machine is shared with other jobs, hence the side-by-side protocol below")
+        f"in the benchmark process; torch on 1 thread; t2n source: commit {meta['git']}")
+    add(load_line(meta))
     add("")
     add("What ptq_int8 does (t2n/compress/ptq.py): Linear, Conv1d and Conv2d weights in signed "
         "8 bits, symmetric, one scale per tensor; their input activations in unsigned 8 bits "
@@ -570,8 +524,8 @@ def render(lat: list, sweep: list, mini: dict | None, cnn: dict | None,
             f"f32 [quartiles]. Int8 bundles calibrated on {CALIB_SAMPLES} random normal samples "
             f"shaped like the input, minmax observer; random weights (seed 0). Process CPU time "
             f"/ wall time while timing: {min(c.cpu_per_wall for c in lat + sweep):.2f}–"
-            f"{max(c.cpu_per_wall for c in lat + sweep):.2f} (tract on one thread; below 1 when "
-            f"other jobs took the core). Bytes = all files t2n wrote for the bundle.")
+            f"{max(c.cpu_per_wall for c in lat + sweep):.2f} (below 1: the process "
+            f"waited for a CPU part of the time). Bytes = all files t2n wrote for the bundle.")
         add("")
         add("| model | input | bundle | median (ms) | ratio to f32 | paired ratio [q1–q3] | "
             "bytes | bytes vs f32 |")
@@ -616,11 +570,6 @@ def render(lat: list, sweep: list, mini: dict | None, cnn: dict | None,
                 add(f"| {c.shape[1]} | {fmt_ms(f_med)} | {fmt_ms(q_med)} | {ratio:.2f} | "
                     f"{q2:.2f} [{q1:.2f}–{q3:.2f}] |")
             add("")
-            add("Each int8 graph here is the same four lines whatever W (cast the input to u8, "
-                "`linear` with the i8 weight and i32 bias, cast the i32 accumulator to f32), so a "
-                "jump in the ratio between two widths comes from tract's kernels, not from what "
-                "t2n writes.")
-            add("")
 
     # MiniLM
     if mini:
@@ -660,24 +609,22 @@ def render(lat: list, sweep: list, mini: dict | None, cnn: dict | None,
         add("\"torch fake-quant\" is the torch model t2n exported after ptq_int8 (float tensors "
             "rounded to the 8-bit grids): its cosine to float is the quantization error as torch "
             "simulates it, and tract versus it is what tract's integer arithmetic adds. The "
-            "bytes: ptq_int8 quantizes Linear layers only; the word-embedding table (30522 × 384 "
-            "float32, 46.9 MB) and the position/token-type embeddings stay float32, so the "
-            "bundle shrinks far less than 4×. Calibration (s) = t2n's `compress` stage "
-            f"({len(ct)} forward passes with observers, under the machine's load).")
+            f"bytes: ptq_int8 quantizes Linear layers only; the model's embedding tables stay "
+            f"float32: {mini['embedding_bytes'] / 1e6:.1f} MB, "
+            f"{mini['embedding_bytes'] / f32b:.0%} of the f32 bundle's bytes. Calibration (s) = "
+            f"t2n's `compress` stage ({len(ct)} forward passes with observers).")
         if mini.get("weights_only"):
             wm, wn = mini["weights_only"]
             add("")
             add(f"Where the error comes from (torch, diagnostic): ptq_int8's 8-bit weights alone, "
                 f"activations left float, already give cos vs float mean {wm:.5f}, min {wn:.5f} "
                 f"(the weights are the same for both observers: symmetric, scale = max\\|w\\| / "
-                f"127; the observer only sets activation ranges). The FFN output projections hold "
-                f"single outlier weights, so one scale per tensor leaves most of their weights a "
-                f"few levels: " + "; ".join(
-                    f"`{n}` max\\|w\\| {mx:.2f} = {ratio:.0f} × its std {sd:.4f}"
-                    for ratio, n, mx, sd in mini["outliers"]) + ". Per-channel weight scales (not "
-                f"available: ptq_int8's docstring notes that tract runs 8-bit per tensor only) or "
-                f"leaving these layers in float are the likely remedies; neither is measured "
-                f"here.")
+                f"127; the observer only sets activation ranges). With one scale per tensor, a "
+                f"weight of std σ spans about σ / (max\\|w\\| / 127) levels; the Linear layers "
+                f"with the largest max\\|w\\| / std: " + "; ".join(
+                    f"`{n}` max\\|w\\| {mx:.2f} = {ratio:.0f} × its std {sd:.4f} "
+                    f"(σ = {127 / ratio:.1f} levels)"
+                    for ratio, n, mx, sd in mini["outliers"]) + ".")
         add("")
         add("Tract latency per evaluation line (each line runs every bundle, in rotating order):")
         add("")

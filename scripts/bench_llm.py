@@ -3,8 +3,8 @@
 prefill/decode speed, t2n versus torch-to-nnef 0.24.12, in the same run.
 
     .venv/bin/python scripts/bench_llm.py [--write-docs] [--rounds 1] [--sizes 250M,500M,1B]
-        [--skip-1b] [--keep WORK [--reuse]] [--timeout 3600] [--threads 1] [--no-rss-timeline]
-        [--prefill-runs 5] [--decode-repeats 3]
+        [--skip-1b] [--skip-speed] [--keep WORK [--reuse]] [--timeout 3600] [--threads 1]
+        [--no-rss-timeline] [--fallback-looser-check] [--prefill-runs 5] [--decode-repeats 3]
         [--baseline-python /work/baseline-venv/bin/python] [--t2n .venv/bin/t2n]
 
 Run it with the python of t2n's environment (torch, transformers, gguf and the tract bindings).
@@ -23,16 +23,18 @@ torch-to-nnef lives in its own virtual environment: create it once with scripts/
                     check needs the tract CLI, not installable here; the stand-in answers
                     --version only).
    If t2n's default check rejects a bundle (tract disagrees with torch beyond that level), the
-   failure is reported as measured and the export is run again at the next looser -tt level, so
-   that a verified t2n export is still measured. Each export is one fresh subprocess started by
-   _bench_common's launcher: wall time from spawn to exit and peak RSS = ru_maxrss of that single
-   child (exact, from wait4), plus its user+system CPU time. --rounds N repeats every export N
-   times, tools interleaved (the order flips each round); the tables show the median wall time
-   and the highest peak RSS. Both tools write DIR/model/model.nnef.tgz (gzip level 0).
+   export is reported as failed. Only with --fallback-looser-check (off by default) is the same
+   export then run again at the next looser -tt level, and both attempts are reported.
+   Each export is one fresh subprocess started by _bench_common's launcher: wall time from
+   spawn to exit, user+system CPU time, and peak RSS = the largest of three readings of that
+   single child (ru_maxrss from wait4, its VmRSS read from /proc/PID/status every 10 ms, the
+   last VmHWM read in that loop; the docs say which one gave it). --rounds N repeats every
+   export N times, tools interleaved (the order flips each round); the tables show the median
+   wall time and the highest peak RSS. Both tools write DIR/model/model.nnef.tgz (gzip level 0).
    Exports run with OMP_NUM_THREADS=MKL_NUM_THREADS=--threads (default 1: on a shared machine
    torch's spinning OpenMP threads otherwise fight the other jobs; 0 keeps torch's default).
 
-2. tract speed, in this process with the tract bindings
+2. tract speed (skipped with --skip-speed), in this process with the tract bindings
    (tract.nnef().with_tract_extra().with_tract_transformers().load(path).into_runnable()), for
    each configuration, the two tools' bundles one at a time (loaded, measured, freed), in two
    passes with the order swapped. Tokens: Debian's GPL-3 text tokenized with the folder's
@@ -56,30 +58,32 @@ torch-to-nnef lives in its own virtual environment: create it once with scripts/
    has 20 layers), built with torch.manual_seed(0) and saved once as float16 safetensors folders
    without tokenizer (t2n export-llm then takes seeded random example token ids), outside the
    timed part.
-   t2n export-llm -s DIR -e OUT -dt f16 -c min_max_q4_0_all (with its check; the next looser
-   -tt level if the default check rejects it), one measured export each: wall time, peak RSS, and peak RSS /
-   model in-memory size (sum of the float16 parameter bytes). torch-to-nnef is not run on these.
-   Each folder's safetensors are read once just before its export (warm page cache, as for
-   SmolLM2).
+   t2n export-llm -s DIR -e OUT -dt f16 -c min_max_q4_0_all (with its check), one measured
+   export each: wall time, peak RSS, and peak RSS / model in-memory size (sum of the float16
+   parameter bytes). torch-to-nnef is not run on these. Each folder's safetensors are read once
+   just before its export (warm page cache, as for SmolLM2).
 
-4. Where the peak happens (--rss-timeline, on by default): while each export runs, a thread of
-   this process reads the child's VmRSS and VmHWM from /proc/PID/status every --rss-interval
-   seconds (default 0.25) and stamps each status line t2n prints on stderr ("t2n: <stage>
-   <seconds>s ...", printed at the END of each stage) as it appears. Each line closes an interval
-   that started at the previous line (the first at spawn: interpreter start, imports, model
-   load); the table gives each interval's largest sampled VmRSS and the VmHWM (the kernel's
-   exact high-water mark) read when the line appeared: the interval in which VmHWM reaches the
-   export's ru_maxrss is where the peak happened (to within one sampling period).
+4. Where the peak happens (--rss-timeline, on by default): the launcher keeps its samples
+   (VmRSS and VmHWM every 10 ms, on the time.monotonic clock) and a thread of this process
+   stamps each status line t2n prints on stderr ("t2n: <stage> <seconds>s ...", printed at the
+   END of each stage) as it appears. Each line closes an interval that started at the previous
+   line (the first at spawn: interpreter start, imports, model load); the table gives each
+   interval's largest sampled VmRSS and the last VmHWM sampled before its line, and marks the
+   interval of the first sample that reached the export's peak RSS (a peak seen by ru_maxrss
+   alone cannot be placed, and the docs say so).
 
 Markdown goes to stdout; --write-docs also replaces the section between <!-- bench_llm:start -->
 and <!-- bench_llm:end --> in docs/benchmarks.md (appended after the bench_quality section if
-absent). The targets (t2n <= 1.0x torch-to-nnef export time and peak RSS; prefill latency <= and
-decode tokens/s >= torch-to-nnef's; 1B peak RSS <= 1.3x the model's size) are stated in it as met
-or MISSED with the figures.
+absent), writes the figures to docs/bench_llm.json and renders the README's comparison table
+from the docs/bench_*.json files. The targets (t2n <= 1.0x torch-to-nnef export time and peak
+RSS; prefill latency <= and decode tokens/s >= torch-to-nnef's; 1B peak RSS <= 1.3x the model's
+size) are stated in it as met or MISSED with the figures; every comparison is computed from the
+measured values.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import json
@@ -87,7 +91,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import threading
@@ -95,10 +98,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _bench_common import (DEFAULT_BASELINE, REPO, bench_env, commands_section,
-                           environment_lines, import_tract, log, measured_export,
-                           probe_environments, remove, run_meta, shell_line, warm_imports,
-                           work_folder, write_docs)
+from _bench_common import (BASE_TOOL, DEFAULT_BASELINE, REPO, ExportRecord, Measured,
+                           alternating_timings, bench_env, commands_section, cosine, empty_for,
+                           environment_lines, fmt_ratio, import_tract, load_line, load_tract, log,
+                           measured_export, mib, probe_environments, ratio, read_through, remove,
+                           rss_method_text, rss_readings_table, run_meta, save_results,
+                           shell_line, spread_text, verdict, warm_imports, work_folder,
+                           write_docs, write_readme)
 from _bench_llm_models import GGUF_NAME, find_gguf, load_gguf, save_plain_folder
 
 START, END = "<!-- bench_llm:start -->", "<!-- bench_llm:end -->"
@@ -122,50 +128,24 @@ TARGET_RSS_PER_MODEL = 1.3
 # a t2n status line: "t2n: <stage> ..." (or "t2n t2n INFO: <stage> ..." with -v)
 STATUS_RE = re.compile(r"^t2n(?: t2n INFO)?:\s+(\w+)\b(.*)$")
 STAGE_S_RE = re.compile(r"^t2n(?: t2n INFO)?:\s+(\w+)\s+([0-9.]+)s\b", re.M)
+STAMP_INTERVAL = 0.02  # seconds between two reads of the export's stderr
 
 
 # ----------------------------------------------------------------------------------------------
-# where the peak happens: /proc sampling of the measured child
+# where the peak happens: the launcher's samples against t2n's status lines
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+class StatusStamps:
+    """Tails the export's stderr file from a thread and stamps each t2n status line with
+    time.monotonic() when it appears (the launcher's samples are on the same clock)."""
 
-
-def _vm(pid: int) -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) in bytes of pid, None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    vals = {}
-    for ln in text.splitlines():
-        if ln.startswith(("VmRSS:", "VmHWM:")):
-            key, num = ln.split()[:2]
-            vals[key[:-1]] = int(num) * 1024
-    if "VmRSS" not in vals:
-        return None
-    return vals["VmRSS"], vals.get("VmHWM", vals["VmRSS"])
-
-
-class RssWatch:
-    """Samples the export (the child of _bench_common's launcher, itself the only child of this
-    process while an export runs) and stamps the status lines of its stderr file."""
-
-    def __init__(self, err_path: Path, interval: float):
-        self.err_path, self.interval = err_path, interval
-        self.samples: list[tuple[float, int]] = []            # (s since start, VmRSS bytes)
-        self.events: list[tuple[float, str, int, str]] = []   # (s, stage, VmHWM bytes, line)
-        self.hwm = 0
-        self.pid = None
+    def __init__(self, err_path: Path):
+        self.err_path = err_path
+        self.events: list[tuple[float, str, str]] = []   # (monotonic s, stage, line)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
-        self.t0 = time.perf_counter()
         self._thread.start()
         return self
 
@@ -177,16 +157,7 @@ class RssWatch:
         pos, buf = 0, ""
         while True:
             stopping = self._stop.is_set()
-            if self.pid is None:
-                for launcher in _children(os.getpid()):
-                    kids = _children(launcher)
-                    if kids:
-                        self.pid = kids[0]
-            t = time.perf_counter() - self.t0
-            vm = _vm(self.pid) if self.pid else None
-            if vm:
-                self.samples.append((t, vm[0]))
-                self.hwm = max(self.hwm, vm[1])
+            t = time.monotonic()
             try:
                 with open(self.err_path, "rb") as f:
                     f.seek(pos)
@@ -200,26 +171,32 @@ class RssWatch:
                 ln = ln.split("\r")[-1].rstrip()
                 m = STATUS_RE.match(ln)
                 if m:
-                    self.events.append((t, m.group(1), self.hwm, ln))
+                    self.events.append((t, m.group(1), ln))
             if stopping:
                 return
-            self._stop.wait(self.interval)
+            self._stop.wait(STAMP_INTERVAL)
 
 
-def stage_peaks(watch: RssWatch, peak: int, wall: float) -> list[dict]:
-    """One row per interval between status lines (then one to exit): its end, its largest
-    sampled VmRSS, the VmHWM when its line appeared, and whether the peak happened in it."""
-    rows, t_prev = [], 0.0
-    ends = [(t, name, hwm, line) for t, name, hwm, line in watch.events]
-    ends.append((wall, "(exit)", peak, "after the last status line until the process exits"))
-    found = False
-    for t, name, hwm, line in ends:
-        inside = [r for s, r in watch.samples if t_prev < s <= t]
-        is_peak = not found and hwm >= peak - (1 << 20)  # VmHWM (kB) vs ru_maxrss (KiB)
-        found = found or is_peak
-        detail = STATUS_RE.match(line).group(2).strip() if STATUS_RE.match(line) else line
-        rows.append({"name": name, "t": t, "dt": t - t_prev, "max_rss": max(inside, default=0),
-                     "hwm": hwm, "peak": is_peak, "detail": detail})
+def stage_peaks(events: list, m: Measured) -> list[dict]:
+    """One row per interval between status lines (then one to exit): its end (s since spawn),
+    its largest sampled VmRSS, the last VmHWM sampled before its line, and whether the first
+    sample that reached the export's peak RSS falls in it."""
+    series = m.series or []          # [(s since spawn, VmRSS KiB, VmHWM KiB)]
+    peak_kib = m.peak.bytes // 1024
+    t_peak = next((t for t, rss, hwm in series if rss >= peak_kib or (hwm or 0) >= peak_kib),
+                  None)
+    ends = [(t - m.t0, name, line) for t, name, line in events]
+    ends.append((m.wall, "(exit)", "after the last status line until the process exits"))
+    rows, t_prev = [], float("-inf")
+    for t, name, line in ends:
+        inside = [rss for s, rss, _ in series if t_prev < s <= t]
+        hwms = [hwm for s, _, hwm in series if s <= t and hwm is not None]
+        match = STATUS_RE.match(line)
+        rows.append({"name": name, "t": t, "dt": t - max(t_prev, 0.0),
+                     "max_rss": max(inside, default=0) * 1024,
+                     "hwm": hwms[-1] * 1024 if hwms else 0,
+                     "peak": t_peak is not None and t_prev < t_peak <= t,
+                     "detail": match.group(2).strip() if match else line})
         t_prev = t
     return rows
 
@@ -229,23 +206,19 @@ def stage_peaks(watch: RssWatch, peak: int, wall: float) -> list[dict]:
 
 
 @dataclass
-class Export:
+class Export(ExportRecord):
     key: str
     tool: str                 # "torch-to-nnef", "t2n", "t2n --no-verify", "t2n -tt super"
     config: str               # "f16", "f16 + min_max_q4_0_all", or a random model's name
     cmd: list
     out_dir: Path
     check: str = ""           # t2n's tract check level, as its status lines report it
-    walls: list = field(default_factory=list)
-    cpus: list = field(default_factory=list)
-    rsss: list = field(default_factory=list)
     error: str = ""
     stages: dict = field(default_factory=dict)      # t2n status lines: stage -> seconds
     timeline: list = field(default_factory=list)    # stage_peaks() of the last round
-    sampled_peak: int = 0
     bundle_bytes: int = 0
     sha: str = ""
-    replaced_by: Export | None = None               # the -tt super rerun of a rejected check
+    replaced_by: Export | None = None               # the looser rerun of a rejected check
 
     @property
     def bundle(self) -> Path:
@@ -255,18 +228,6 @@ class Export:
     def ok(self) -> bool:
         return not self.error
 
-    @property
-    def wall(self) -> float:
-        return statistics.median(self.walls) if self.walls else float("nan")
-
-    @property
-    def cpu(self) -> float:
-        return statistics.median(self.cpus) if self.cpus else float("nan")
-
-    @property
-    def rss(self) -> int:
-        return max(self.rsss) if self.rsss else 0
-
 
 def run_export(ex: Export, work: Path, args, env: dict, round_: int) -> None:
     remove(ex.out_dir)  # torch-to-nnef refuses an existing folder; t2n an existing bundle
@@ -275,47 +236,43 @@ def run_export(ex: Export, work: Path, args, env: dict, round_: int) -> None:
     remove(err_path)
     err_path.touch()
     label = f"{ex.tool} [{ex.config}]" + (f" (round {round_})" if args.rounds > 1 else "")
-    if args.rss_timeline:
-        with RssWatch(err_path, args.rss_interval) as watch:
-            r = measured_export(label, ex.cmd, ex.bundle, work, stem, args.timeout, env,
-                                bundle_text=f"{ex.out_dir.name}/model/model.nnef.tgz")
-    else:
-        watch = None
+    stamps = StatusStamps(err_path) if args.rss_timeline else contextlib.nullcontext()
+    with stamps:
         r = measured_export(label, ex.cmd, ex.bundle, work, stem, args.timeout, env,
-                            bundle_text=f"{ex.out_dir.name}/model/model.nnef.tgz")
-    ex.walls.append(r.wall)
-    ex.cpus.append(r.cpu)
-    ex.rsss.append(r.rss)
+                            bundle_text=f"{ex.out_dir.name}/model/model.nnef.tgz",
+                            series=args.rss_timeline)
+    ex.add(r)
     text = r.err_path.read_text(errors="replace")
     if ex.tool.startswith("t2n"):
         ex.stages = {k: float(v) for k, v in STAGE_S_RE.findall(text)}
         ex.check = next(iter(CHECK_RE.findall(text)), "")
-    if watch is not None:
-        ex.sampled_peak = max((s for _, s in watch.samples), default=0)
-        if ex.tool.startswith("t2n"):
-            ex.timeline = stage_peaks(watch, r.rss, r.wall)
+        if args.rss_timeline:
+            ex.timeline = stage_peaks(stamps.events, r)
     if r.error:
         ex.error = r.error
         return
     ex.bundle_bytes = ex.bundle.stat().st_size
     peak_at = next((s["name"] for s in ex.timeline if s["peak"]), None)
-    log(f"  -> ok in {r.wall:.1f} s ({r.cpu:.1f} s CPU), peak RSS {r.rss / 2**20:.0f} MiB"
+    log(f"  -> ok in {r.wall:.1f} s ({r.cpu:.1f} s CPU), peak RSS {r.rss / 2**20:.0f} MiB "
+        f"({', '.join(r.peak.sources)})"
         + (f" (reached before the '{peak_at}' line)" if peak_at else "")
         + f", bundle {ex.bundle_bytes / 1e6:.1f} MB")
 
 
 def export_with_fallback(ex: Export, work: Path, args, env: dict, round_: int, note) -> Export:
-    """Run ex (t2n with its default check); when that check rejects the bundle, record it and
-    measure the same export with the next looser -tt level instead (returned; later rounds run
-    only that one). note(new export) is called when the fallback is created."""
+    """Run ex (t2n with its default check). With --fallback-looser-check, when that check
+    rejects the bundle, record it and measure the same export with the next looser -tt level
+    instead (returned; later rounds run only that one); note(new export) is called when the
+    fallback is created. Without the flag a rejected export stays a failed one."""
     if ex.replaced_by is not None:
         run_export(ex.replaced_by, work, args, env, round_)
         return ex.replaced_by
     run_export(ex, work, args, env, round_)
-    if ex.error and MISMATCH in ex.error and ex.check in LEVELS[:-1]:
+    if (args.fallback_looser_check and ex.error and MISMATCH in ex.error
+            and ex.check in LEVELS[:-1]):
         looser = LEVELS[LEVELS.index(ex.check) + 1]
         log(f"  t2n's default check ({ex.check}) rejected the bundle; measuring the same export "
-            f"with -tt {looser}")
+            f"with -tt {looser} (--fallback-looser-check)")
         alt = Export(f"{ex.key}_{looser}", f"t2n -tt {looser}", ex.config,
                      [*ex.cmd, "-tt", looser], ex.out_dir)
         ex.replaced_by = alt
@@ -323,15 +280,6 @@ def export_with_fallback(ex: Export, work: Path, args, env: dict, round_: int, n
         run_export(alt, work, args, env, round_)
         return alt
     return ex
-
-
-def read_through(folder: Path) -> None:
-    """Read the folder's safetensors files once, so that the timed export finds them in the page
-    cache (as every other export does)."""
-    for path in sorted(folder.glob("*.safetensors")):
-        with open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
 
 
 def content_digest(path: Path) -> str:
@@ -437,34 +385,21 @@ def build_random_llama(folder: Path, layers: int, reuse: bool) -> dict:
 def tract_speed(bundle: Path, ref: dict, runs: int, repeats: int) -> dict:
     """Prefill latencies (s), decode tokens/s, and logits of one bundle; freed on return."""
     import numpy as np
-    import tract
-    t0 = time.perf_counter()
-    model = tract.nnef().with_tract_extra().with_tract_transformers().load(str(bundle))
-    facts = [str(model.input_fact(i)) for i in range(model.input_count())]
-    names = [model.input_name(i) for i in range(model.input_count())]
-    runnable = model.into_runnable()
-    del model
-    load_s = time.perf_counter() - t0
+    tb = load_tract(bundle)
+    runnable, names, load_s = tb.runnable, tb.input_names, tb.load_s
     if names[0] != "input_ids" or not all(n.startswith("in_cache_") for n in names[1:]):
         raise RuntimeError(f"unexpected inputs {names[:3]}...")
-    empty = []
-    for fact in facts[1:]:
-        *dims, dtype = fact.split(",")
-        empty.append(np.zeros([int(d) if d.isdigit() else 0 for d in dims],
-                              dtype={"f32": np.float32, "f16": np.float16}[dtype]))
+    empty = [empty_for(fact) for _, fact in tb.inputs[1:]]
     prompt = ref["prompt"]
 
     def prefill():
         return runnable.run([prompt, *empty])
 
     outs = prefill()  # warm-up
-    pre = []
-    for _ in range(runs):
-        t1 = time.perf_counter()
-        outs = prefill()
-        pre.append(time.perf_counter() - t1)
     pre_logits = outs[0].to_numpy().astype(np.float32).reshape(-1, ref["vocab"])[-1]
     del outs
+    times, _, _ = alternating_timings({"prefill": prefill}, runs, warmup=0)
+    pre = times["prefill"]
 
     def decode(tokens):
         cache = prefill()[1:]
@@ -486,8 +421,6 @@ def tract_speed(bundle: Path, ref: dict, runs: int, repeats: int) -> dict:
     profile = {"prefill": op_times(runnable.profile_json([prompt, *empty])),
                "decode": op_times(runnable.profile_json(
                    [np.array([[ref["decode"][0]]], dtype=np.int64), *cache]))}
-    del runnable, cache
-    gc.collect()
     return {"load_s": load_s, "prefill": pre, "tps": tps, "logits": pre_logits,
             "dec_logits": dec_logits.astype(np.float32).reshape(-1, ref["vocab"])[-1],
             "profile": profile}
@@ -517,6 +450,7 @@ def speed_compare(pairs: dict, ref: dict, runs: int, repeats: int) -> dict:
                     f"{PROMPT_LEN} tokens, {repeats} x {DECODE_STEPS} decode steps")
                 try:
                     res = tract_speed(bundles[tool], ref, runs, repeats)
+                    gc.collect()  # the bundle's runnable, before the next one loads
                 except Exception as e:  # noqa: BLE001 - reported in the table
                     msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
                     log(f"  FAILED: {msg}")
@@ -540,38 +474,7 @@ def speed_compare(pairs: dict, ref: dict, runs: int, repeats: int) -> dict:
 # markdown
 
 
-def mib(b) -> str:
-    return f"{b / 2**20:,.0f}" if b else ""
-
-
-def ratio(a, b) -> float:
-    return a / b if b else float("nan")
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def timeline_table(add, ex: Export) -> None:
-    add("| status line (end of interval) | at (s) | interval (s) | max VmRSS sampled (MiB) "
-        "| VmHWM at the line (MiB) |")
-    add("|---|---:|---:|---:|---:|")
-    for s in ex.timeline:
-        name = f"**{s['name']}** (peak)" if s["peak"] else s["name"]
-        add(f"| {name} | {s['t']:.1f} | {s['dt']:.1f} | {mib(s['max_rss'])} | {mib(s['hwm'])} |")
-
-
-def peak_stage(ex: Export) -> str:
-    s = next((s for s in ex.timeline if s["peak"]), None)
-    if s is None:
-        return ""
-    i = ex.timeline.index(s)
-    prev = ex.timeline[i - 1]["name"] if i else "spawn"
-    return f"{prev} → {s['name']}"
-
-
 def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> str:
-    import numpy as np
     L: list[str] = []
     add = L.append
     add("## LLM export and decoding: t2n vs torch-to-nnef (KV-cache bundles)")
@@ -581,20 +484,26 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
     add("")
     for line in environment_lines(meta, t2n_packages=("torch", "transformers", "gguf")):
         add(line)
-    add(f"- t2n source: commit {meta['git']}")
-    la0, la1 = meta["load"]
     threads = (f"OMP_NUM_THREADS=MKL_NUM_THREADS={meta['threads']}" if meta["threads"]
                else "torch's default threads")
     add(f"- {meta['rounds']} export round(s) per SmolLM2 export, tools interleaved; exports run "
-        f"with {threads}. Load average 1/5 min: {la0[0]:.2f}/{la0[1]:.2f} at start, "
-        f"{la1[0]:.2f}/{la1[1]:.2f} at the end (another developer's tests share this 2-core "
-        f"machine: times are noisy, compare the ratios measured side by side in this run)")
+        f"with {threads}")
+    add(load_line(meta))
+    parts = ["SmolLM2 exports"] + (["tract speed"] if speed else []) + \
+        (["random Llama exports"] if sizes else [])
+    skipped = ([] if speed else ["tract speed (--skip-speed)"]) + \
+        ([] if sizes else ["random Llama exports (--sizes '')"])
+    add(f"- Parts run: {', '.join(parts)}" + (f"; not run: {', '.join(skipped)} (the last "
+                                               f"figures for them are in git history)"
+                                               if skipped else ""))
     add("")
+    smol = [e for e in exports if e.config in dict(CONFIGS)]
+    records = [(f"{e.config} {e.tool}", e) for e in smol if e.walls]
+    all_peaks = [p for e in exports + [e for _, e, _ in sizes] for p in e.peaks]
     add("How it is measured: each export is one fresh subprocess, from spawn to exit (python "
         "start, imports, model load, export, archive write; for t2n also its own tract check "
-        "unless `--no-verify`). Peak RSS = `ru_maxrss` of that single child from `wait4` (a "
-        "~10 MB launcher spawns it, so nothing of this process leaks into it); CPU = its "
-        "user+system seconds. torch-to-nnef runs with `-nv`: its check needs the tract command-"
+        "unless `--no-verify`); CPU = its user+system seconds. " + rss_method_text(all_peaks)
+        + " " + spread_text(records) + " torch-to-nnef runs with `-nv`: its check needs the tract command-"
         "line binary, which is not installable here, so it never loads its bundle in tract. "
         "t2n's check loads the bundle in tract (bindings) and compares it with torch on the "
         "export example (P = 5, S = 3), a 6-token prompt (P = 0) and one decode step (S = 1), at "
@@ -612,12 +521,10 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
         f"export). Bundle = `model/model.nnef.tgz` (gzip level 0 for both).")
     add("")
     add("| configuration | tool | export wall (s) | export CPU (s) | peak RSS (MiB) | "
-        "peak reached during | bundle (MB) |")
+        "peak reached during (last round) | bundle (MB) |")
     add("|---|---|---:|---:|---:|---|---:|")
-    smol = [e for e in exports if e.config in dict(CONFIGS)]
     for e in smol:
-        walls = (f"{e.wall:.1f}" + (f" ({min(e.walls):.1f}–{max(e.walls):.1f})"
-                                    if len(e.walls) > 1 else ""))
+        walls = e.wall_text()
         if e.error:
             add(f"| {e.config} | {e.tool} | {walls} | {e.cpu:.1f} | {mib(e.rss)} | "
                 f"failed: `{e.error}` | |")
@@ -629,24 +536,32 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
     for e in rejected:
         add(f"t2n's default command rejected its own {e.config} bundle at its default check "
             f"level `{e.check}`: `{e.error}`. The `{e.replaced_by.tool}` row is the same export "
-            f"at the next looser level, so that a verified export is still measured; the "
-            f"rejected attempt's time and RSS are shown as measured (it did all the work, the "
-            f"check failed at the end).")
+            f"at the next looser level (this run used `--fallback-looser-check`); the rejected "
+            f"attempt's time and RSS are shown as measured.")
+        add("")
+    failed = [e for e in smol if e.error and e.replaced_by is None]
+    for e in failed:
+        add(f"- {e.config}, `{e.tool}`: **failed** (`{e.error}`); no ratio is computed for it.")
+    if failed:
         add("")
     add("Ratios t2n / torch-to-nnef (below 1: t2n is faster or smaller):")
     add("")
     add("| configuration | t2n run | export wall | export CPU | peak RSS |")
     add("|---|---|---:|---:|---:|")
-    ratios = {}
-    for config, _ in CONFIGS:
-        base = next((e for e in smol if e.config == config and e.tool == "torch-to-nnef"), None)
-        for e in smol:
-            if e.config != config or e.tool == "torch-to-nnef" or e.error or not base or \
-                    base.error:
-                continue
-            rw, rc, rr = ratio(e.wall, base.wall), ratio(e.cpu, base.cpu), ratio(e.rss, base.rss)
-            ratios[(config, e.tool)] = (rw, rr, e, base)
-            add(f"| {config} | {e.tool} | {rw:.2f}× | {rc:.2f}× | {rr:.2f}× |")
+    ratios = export_ratios(smol)
+    for (config, tool), (r, _, _) in ratios.items():
+        add(f"| {config} | {tool} | {fmt_ratio(r['wall'])} | {fmt_ratio(r['cpu'])} | "
+            f"{fmt_ratio(r['peak_rss'])} |")
+    add("")
+    for (config, tool), (r, _, _) in ratios.items():
+        add(f"- {config}: `{tool}`'s export took {fmt_ratio(r['wall'])} torch-to-nnef's wall "
+            f"time and {fmt_ratio(r['cpu'])} its CPU time, and peaked at "
+            f"{fmt_ratio(r['peak_rss'])} its RSS.")
+    if ratios:
+        add("")
+    add("Peak RSS readings of each export's highest round (MiB):")
+    add("")
+    rss_readings_table(add, [(f"{e.config}, {e.tool}", e) for e in smol])
     add("")
     same = [e for e in smol if e.sha and e.tool == "t2n --no-verify"]
     for e in same:
@@ -660,6 +575,59 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
         add("")
 
     # ---- tract speed
+    if speed:
+        speed_section(add, meta, speed, ref)
+
+    # ---- where the peak happens
+    peak_section(add, exports, sizes)
+
+    # ---- random sizes
+    if sizes:
+        sizes_section(add, exports, sizes)
+
+    # ---- targets
+    targets_section(add, ratios, speed, sizes)
+
+    commands_section(add, meta, "Exports run by it, in this order (`$WORK` = its work folder, "
+                     "`$HF` = the converted SmolLM2 folder, `$TTN` = "
+                     f"{meta['ttn_cli']}, `$T2N` = {meta['t2n']}; `$WORK/llama-*` = the random "
+                     "Llama folders):")
+    return "\n".join(L) + "\n"
+
+
+def export_ratios(smol: list) -> dict:
+    """(config, t2n run) -> ({wall, cpu, peak_rss}: t2n / torch-to-nnef, t2n Export, baseline
+    Export), for the runs where both exports succeeded."""
+    out = {}
+    for config, _ in CONFIGS:
+        base = next((e for e in smol if e.config == config and e.tool == BASE_TOOL), None)
+        for e in smol:
+            if e.config != config or e.tool == BASE_TOOL or e.error or not base or base.error:
+                continue
+            out[(config, e.tool)] = ({"wall": ratio(e.wall, base.wall),
+                                      "cpu": ratio(e.cpu, base.cpu),
+                                      "peak_rss": ratio(e.rss, base.rss)}, e, base)
+    return out
+
+
+def speed_ratios(speed: dict) -> dict:
+    """config -> {latency: t2n / torch-to-nnef prefill median, decode_tps: t2n /
+    torch-to-nnef tokens/s}, for configs where both bundles ran."""
+    out = {}
+    for config, res in speed.items():
+        mine = next((r for t, r in res.items() if t.startswith("t2n") and "error" not in r),
+                    None)
+        base = res.get(BASE_TOOL)
+        if mine and base and "error" not in base:
+            out[config] = {"latency": ratio(statistics.median(mine["prefill"]),
+                                            statistics.median(base["prefill"])),
+                           "decode_tps": ratio(statistics.median(mine["tps"]),
+                                               statistics.median(base["tps"]))}
+    return out
+
+
+def speed_section(add, meta: dict, speed: dict, ref: dict) -> None:
+    import numpy as np
     add("### SmolLM2-135M-Instruct: prefill and decode in tract")
     add("")
     add(f"In this process with the tract bindings, one bundle loaded at a time, two passes per "
@@ -681,10 +649,6 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
     add("|---|---|---:|---:|---:|---:|---:|---|")
     agree = {}
     torch_top = int(np.argmax(ref["logits"]))
-
-    def cosine(a, b):
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     for config, _ in CONFIGS:
         res = speed.get(config, {})
         for tool, r in res.items():
@@ -716,12 +680,11 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
             f"torch's logits reach ±{scale:.1f}.")
     if agree:
         add("")
-    if any(Q4 in c for c in agree):
-        add(f"With {Q4} the two bundles do not hold the same weights: t2n's min-max puts the "
-            "largest-magnitude weight of each block on level −8 with its sign (GGML's rule), "
-            "torch-to-nnef's takes d = max|x| / −8 and clips negative peaks to 7/8 (see the "
-            "quantization section above), so their logits are not expected to agree as closely "
-            "as the f16 bundles'; the f16 rows check the exports themselves.")
+    for config, r in speed_ratios(speed).items():
+        add(f"- {config}: tract ran t2n's bundle's {PROMPT_LEN}-token prefill in "
+            f"{fmt_ratio(r['latency'])} torch-to-nnef's time and decoded at "
+            f"{fmt_ratio(r['decode_tps'])} its tokens/s.")
+    if speed_ratios(speed):
         add("")
 
     # ---- tract's own profile
@@ -747,7 +710,7 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
                             cur[0] += sec / len(profs)
                     avg[(t, phase)] = acc
             top = set()
-            for key, acc in avg.items():
+            for acc in avg.values():
                 top |= {op for op, _ in sorted(acc.items(), key=lambda kv: -kv[1][0])[:4]}
             order = sorted(top, key=lambda op: -max(avg[k].get(op, [0, 0])[0] for k in avg))
             add(f"| {config}: operator | " + " | ".join(
@@ -769,89 +732,128 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
             add("| all operators | " + " | ".join(cells) + " |")
             add("")
 
-    # ---- where the peak happens
+
+def timeline_table(add, ex: Export) -> None:
+    add("| status line (end of interval) | at (s) | interval (s) | max VmRSS sampled (MiB) "
+        "| last VmHWM sampled (MiB) |")
+    add("|---|---:|---:|---:|---:|")
+    for s in ex.timeline:
+        name = f"**{s['name']}** (peak)" if s["peak"] else s["name"]
+        add(f"| {name} | {s['t']:.1f} | {s['dt']:.1f} | {mib(s['max_rss'])} | {mib(s['hwm'])} |")
+
+
+def peak_stage(ex: Export) -> str:
+    s = next((s for s in ex.timeline if s["peak"]), None)
+    if s is None:
+        return "not placed" if ex.timeline else ""
+    i = ex.timeline.index(s)
+    prev = ex.timeline[i - 1]["name"] if i else "spawn"
+    return f"{prev} → {s['name']}"
+
+
+def peak_section(add, exports: list, sizes: list) -> None:
     tl = [e for e in exports if e.timeline and e.ok and e.tool.startswith("t2n") and
           "no-verify" not in e.tool]
     focus = [e for e in tl if e.config == CONFIGS[1][0]]
     if sizes and sizes[-1][1].ok and sizes[-1][1].timeline:
         focus.append(sizes[-1][1])  # the largest random Llama
-    if focus:
-        add("### Where t2n's peak RSS happens")
+    if not focus:
+        return
+    add("### Where t2n's peak RSS happens")
+    add("")
+    add(f"The launcher's samples of the export (VmRSS and VmHWM from `/proc/PID/status`, every "
+        f"10 ms) placed against t2n's status lines, which a thread of this process stamps on the "
+        f"same clock as they appear on stderr (read every {STAMP_INTERVAL * 1e3:.0f} ms). t2n "
+        f"prints one status line per stage when the stage ENDS (the stage's own seconds on the "
+        f"line), so each row is the interval from the previous line to this one (the first from "
+        f"spawn: interpreter start, imports, model load). The **bold** row holds the first "
+        f"sample that reached the export's peak RSS (a peak seen by `ru_maxrss` alone cannot be "
+        f"placed). `export`/`prompt`/`text_generation` are t2n's tract checks (the first "
+        f"interval includes loading the bundle in tract). Last round's export.")
+    add("")
+    for e in focus:
+        p = e.peaks[-1]
+        add(f"{e.config}, `{e.tool}` (that round's peak RSS {mib(p.bytes)} MiB from "
+            f"{', '.join(p.sources)}: `ru_maxrss` {mib(p.ru_maxrss)}, highest VmRSS sample "
+            f"{mib(p.sampled) or '—'}, last VmHWM {mib(p.hwm) or '—'} MiB):")
         add("")
-        add(f"The export's `/proc/PID/status` read every {meta['rss_interval']} s by a thread of "
-            f"this process; t2n prints one status line per stage on stderr when the stage ENDS "
-            f"(the stage's own seconds on the line), so each row is the interval from the "
-            f"previous line to this one (the first from spawn: interpreter start, imports, "
-            f"model load). VmHWM (the kernel's exact high-water mark) is read when the line "
-            f"appears: the **bold** row is the interval in which it reached the export's peak "
-            f"RSS. `export`/`prompt`/`text_generation` are t2n's tract checks (the first "
-            f"interval includes loading the bundle in tract). Last round's export.")
+        timeline_table(add, e)
         add("")
-        for e in focus:
-            add(f"{e.config}, `{e.tool}` (peak RSS {mib(e.rss)} MiB, highest sample "
-                f"{mib(e.sampled_peak)} MiB):")
-            add("")
-            timeline_table(add, e)
-            add("")
 
-    # ---- random sizes
-    if sizes:
-        add("### Random-weight Llama decoders: t2n export time and memory by size")
-        add("")
-        add(f"`LlamaForCausalLM(LlamaConfig({', '.join(f'{k}={v}' for k, v in LLAMA.items())}, "
-            f"num_hidden_layers=L))`, `torch.manual_seed(0)`, built in float16 and saved once "
-            f"with `save_pretrained` (float16 safetensors, no tokenizer: t2n takes seeded random "
-            f"example token ids) before the timed export. `t2n export-llm -s DIR -e OUT -dt f16 -c {Q4}`, "
-            f"with its tract check, one export each. Model size = sum of the float16 parameter "
-            f"bytes (the model in memory). torch-to-nnef was not run on these (optional in the "
-            f"brief; its SmolLM2 exports above already take minutes).")
-        add("")
-        add("| layers | parameters | model (MB) | export wall (s) | export CPU (s) | peak RSS (MB) "
-            "| peak RSS / model | peak reached during | bundle (MB) |")
-        add("|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-        for info, e, _ in sizes:
-            row = (f"| {info['layers']} | {info['params'] / 1e6:,.0f}M | "
-                   f"{info['model_bytes'] / 1e6:,.0f} | {e.wall:.1f} | {e.cpu:.1f} | ")
-            if e.error:
-                add(row + f"| | failed: `{e.error}` | |")
-            else:
-                add(row + f"{e.rss / 1e6:,.0f} | {e.rss / info['model_bytes']:.2f}× | "
-                    f"{peak_stage(e)} (`{e.tool}`) | {e.bundle_bytes / 1e6:,.0f} |")
-        add("")
-        for info, e, _ in sizes:
-            if e.stages:
-                add(f"- {info['params'] / 1e6:,.0f}M, `{e.tool}` stage seconds: "
-                    + ", ".join(f"{k} {v:.1f}" for k, v in e.stages.items()))
-        add("")
-        rej = [(info, err) for info, _, err in sizes if err]
-        for info, err in rej:
-            add(f"- {info['params'] / 1e6:,.0f}M: t2n's default check rejected the bundle "
-                f"(`{err}`); the row is the same export at the next looser `-tt` level.")
-        if rej:
-            add("")
 
-    # ---- targets
+def sizes_section(add, exports: list, sizes: list) -> None:
+    add("### Random-weight Llama decoders: t2n export time and memory by size")
+    add("")
+    base_walls = [e.wall for e in exports if e.tool == BASE_TOOL and e.walls]
+    base_txt = (f" (its SmolLM2 exports above took {min(base_walls):.0f}–{max(base_walls):.0f} s)"
+                if base_walls else "")
+    add(f"`LlamaForCausalLM(LlamaConfig({', '.join(f'{k}={v}' for k, v in LLAMA.items())}, "
+        f"num_hidden_layers=L))`, `torch.manual_seed(0)`, built in float16 and saved once "
+        f"with `save_pretrained` (float16 safetensors, no tokenizer: t2n takes seeded random "
+        f"example token ids) before the timed export. `t2n export-llm -s DIR -e OUT -dt f16 -c {Q4}`, "
+        f"with its tract check, one export each. Model size = sum of the float16 parameter "
+        f"bytes (the model in memory). torch-to-nnef was not run on these{base_txt}.")
+    add("")
+    add("| layers | parameters | model (MB) | export wall (s) | export CPU (s) | peak RSS (MB) "
+        "| peak RSS / model | peak reached during | bundle (MB) |")
+    add("|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for info, e, _ in sizes:
+        row = (f"| {info['layers']} | {info['params'] / 1e6:,.0f}M | "
+               f"{info['model_bytes'] / 1e6:,.0f} | {e.wall:.1f} | {e.cpu:.1f} | ")
+        if e.error:
+            add(row + f"| | failed: `{e.error}` | |")
+        else:
+            add(row + f"{e.rss / 1e6:,.0f} | {e.rss / info['model_bytes']:.2f}× | "
+                f"{peak_stage(e)} (`{e.tool}`) | {e.bundle_bytes / 1e6:,.0f} |")
+    add("")
+    for info, e, _ in sizes:
+        if e.stages:
+            add(f"- {info['params'] / 1e6:,.0f}M, `{e.tool}` stage seconds: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in e.stages.items()))
+    add("")
+    rej = [(info, err) for info, _, err in sizes if err]
+    for info, err in rej:
+        add(f"- {info['params'] / 1e6:,.0f}M: t2n's default check rejected the bundle "
+            f"(`{err}`); the row is the same export at the next looser `-tt` level "
+            f"(`--fallback-looser-check`).")
+    if rej:
+        add("")
+    add("Peak RSS readings (MiB):")
+    add("")
+    rss_readings_table(add, [(f"{info['params'] / 1e6:,.0f}M, {e.tool}", e)
+                             for info, e, _ in sizes])
+    add("")
+
+
+def targets_section(add, ratios: dict, speed: dict, sizes: list) -> None:
     add("### Targets")
     add("")
+    sp = speed_ratios(speed)
     for config, _ in CONFIGS:
-        for (c, tool), (rw, rr, e, base) in ratios.items():
+        for (c, tool), (r, e, base) in ratios.items():
             if c != config:
                 continue
-            add(f"- {config}, `{tool}` export wall ≤ 1.0× torch-to-nnef: **{verdict(rw <= 1.0)}** "
-                f"— {e.wall:.1f} s vs {base.wall:.1f} s, {rw:.2f}×; peak RSS ≤ 1.0×: "
-                f"**{verdict(rr <= 1.0)}** — {mib(e.rss)} vs {mib(base.rss)} MiB, {rr:.2f}×.")
+            rw, rr = r["wall"], r["peak_rss"]
+            add(f"- {config}, `{tool}` export wall ≤ 1.0× torch-to-nnef: "
+                f"**{verdict(rw is not None and rw <= 1.0)}** — {e.wall:.1f} s vs "
+                f"{base.wall:.1f} s, {fmt_ratio(rw)}; peak RSS ≤ 1.0×: "
+                f"**{verdict(rr is not None and rr <= 1.0)}** — {mib(e.rss)} vs "
+                f"{mib(base.rss)} MiB, {fmt_ratio(rr)}.")
         res = speed.get(config, {})
         t2n_r = next((r for t, r in res.items() if t.startswith("t2n") and "error" not in r),
                      None)
-        ttn_r = res.get("torch-to-nnef")
-        if t2n_r and ttn_r and "error" not in ttn_r:
+        ttn_r = res.get(BASE_TOOL)
+        if config in sp:
             a, b = statistics.median(t2n_r["prefill"]), statistics.median(ttn_r["prefill"])
             add(f"- {config}, tract prefill latency ≤ torch-to-nnef's: "
                 f"**{verdict(a <= b)}** — {a * 1e3:.1f} ms vs {b * 1e3:.1f} ms, "
-                f"{ratio(a, b):.2f}×.")
+                f"{fmt_ratio(sp[config]['latency'])}.")
             a, b = statistics.median(t2n_r["tps"]), statistics.median(ttn_r["tps"])
             add(f"- {config}, tract decode tokens/s ≥ torch-to-nnef's: "
-                f"**{verdict(a >= b)}** — {a:.1f} vs {b:.1f} tokens/s, {ratio(a, b):.2f}×.")
+                f"**{verdict(a >= b)}** — {a:.1f} vs {b:.1f} tokens/s, "
+                f"{fmt_ratio(sp[config]['decode_tps'])}.")
+        elif not speed:
+            add(f"- {config}, tract prefill and decode: **not measured** (--skip-speed).")
         else:
             add(f"- {config}, tract prefill and decode: **not measured** (a bundle failed, see "
                 f"above).")
@@ -870,30 +872,49 @@ def render(meta: dict, exports: list, speed: dict, ref: dict, sizes: list) -> st
         add(f"- 1B peak RSS ≤ {TARGET_RSS_PER_MODEL}× the model: **not measured** (--skip-1b).")
     add("")
 
-    commands_section(add, meta, "Exports run by it, in this order (`$WORK` = its work folder, "
-                     "`$HF` = the converted SmolLM2 folder, `$TTN` = "
-                     f"{meta['ttn_cli']}, `$T2N` = {meta['t2n']}; `$WORK/llama-*` = the random "
-                     "Llama folders):")
-    return "\n".join(L) + "\n"
+
+def results(meta: dict, exports: list, speed: dict, sizes: list) -> dict:
+    """The run's figures for docs/bench_llm.json (the README table is rendered from it)."""
+    out = {k: meta[k] for k in ("date", "total_s", "load", "machine", "git", "bench_cmd",
+                                "rounds", "threads")}
+    smol = [e for e in exports if e.config in dict(CONFIGS)]
+    ratios = export_ratios(smol)
+    sp = speed_ratios(speed)
+    out["parts"] = {"smollm2_exports": True, "tract_speed": bool(speed),
+                    "random_llama": bool(sizes)}
+    out["configs"] = {}
+    for config, _ in CONFIGS:
+        tools = {}
+        for e in smol:
+            if e.config != config:
+                continue
+            sp_r = speed.get(config, {}).get(e.tool, {})
+            tools[e.tool] = {"ok": e.ok, "error": e.error, **e.record_json(),
+                             "bundle_bytes": e.bundle_bytes, "check": e.check,
+                             "prefill_ms": (statistics.median(sp_r["prefill"]) * 1e3
+                                            if sp_r.get("prefill") else None),
+                             "decode_tps": (statistics.median(sp_r["tps"])
+                                            if sp_r.get("tps") else None)}
+        out["configs"][config] = {
+            "tools": tools,
+            "ratios": {t: r for (c, t), (r, _, _) in ratios.items() if c == config},
+            "tract_ratios": sp.get(config)}
+    out["random_llama"] = [{"layers": info["layers"], "params": info["params"],
+                            "model_bytes": info["model_bytes"], "tool": e.tool, "ok": e.ok,
+                            "error": e.error, **e.record_json(),
+                            "peak_per_model": (e.rss / info["model_bytes"] if e.ok else None)}
+                           for info, e, _ in sizes]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def git_state() -> str:
-    try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "t2n"],
-                               capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
-    return f"`{rev}`" + (" with uncommitted changes in t2n/" if dirty else "")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="replace the bench_llm section of docs/benchmarks.md, write "
+                         "docs/bench_llm.json and the README's comparison table")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of the SmolLM2 exports, tools interleaved (default 1)")
     ap.add_argument("--sizes", default="250M,500M,1B",
@@ -902,9 +923,14 @@ def main() -> int:
     ap.add_argument("--prefill-runs", type=int, default=5, help="timed prefills per pass (2 "
                     "passes per bundle)")
     ap.add_argument("--decode-repeats", type=int, default=3, help="timed decodes per pass")
+    ap.add_argument("--skip-speed", action="store_true",
+                    help="skip the tract prefill/decode part (the docs then say it was not run)")
     ap.add_argument("--rss-timeline", action=argparse.BooleanOptionalAction, default=True,
-                    help="sample the exports' VmRSS/VmHWM and stamp t2n's status lines")
-    ap.add_argument("--rss-interval", type=float, default=0.25, help="seconds between samples")
+                    help="keep the launcher's VmRSS/VmHWM samples and stamp t2n's status lines, "
+                         "to show where the peak happens")
+    ap.add_argument("--fallback-looser-check", action="store_true",
+                    help="when t2n's default tract check rejects a bundle, also measure the "
+                         "same export at the next looser -tt level (default: report it failed)")
     ap.add_argument("--threads", type=int, default=1,
                     help="OMP_NUM_THREADS/MKL_NUM_THREADS of the exports (0: torch's default)")
     ap.add_argument("--baseline-python", type=Path, default=DEFAULT_BASELINE)
@@ -983,7 +1009,7 @@ def main() -> int:
             show(e.cmd)
 
         # page cache and imports warm before the first timed export
-        read_through(hf_dir)
+        read_through([hf_dir])
         warm_imports(((str(args.baseline_python), "torch, transformers, torch_to_nnef_llm"),
                       (t2n_python, "torch, transformers, t2n")), env)
 
@@ -1016,7 +1042,8 @@ def main() -> int:
                 bundles[mine.tool] = mine.bundle
             if bundles:
                 pairs[ttn.config] = bundles
-        speed = speed_compare(pairs, ref, args.prefill_runs, args.decode_repeats)
+        if not args.skip_speed:
+            speed = speed_compare(pairs, ref, args.prefill_runs, args.decode_repeats)
 
         # random Llama sizes: t2n only
         for info in infos:
@@ -1026,7 +1053,7 @@ def main() -> int:
                    "-c", Q4]
             e = Export(f"t2n_llama-{info['layers']}L", "t2n", name, cmd, out)
             show(cmd)
-            read_through(info["folder"])
+            read_through([info["folder"]])
             measured = export_with_fallback(e, work, args, env, 1, lambda alt: show(alt.cmd))
             size_rows.append((info, measured, e.error if measured is not e else ""))
             remove(out)
@@ -1043,15 +1070,17 @@ def main() -> int:
         **run_meta("scripts/bench_llm.py", t_start, load_start),
         "check_levels": check_levels,
         "t2n_env": t2n_env, "baseline_env": baseline_env, "t2n_version": t2n_version,
-        "tract_version": tract.version(), "git": git_state(), "t2n": args.t2n,
+        "tract_version": tract.version(), "t2n": args.t2n,
         "ttn_cli": ttn_cli, "export_cmds": export_cmds, "rounds": args.rounds,
         "threads": args.threads, "prefill_runs": args.prefill_runs,
-        "decode_repeats": args.decode_repeats, "rss_interval": args.rss_interval,
+        "decode_repeats": args.decode_repeats,
     }
     section = render(meta, exports, speed, ref, size_rows)
     print(section)
     if args.write_docs:
         write_docs(section, START, END, after=QUALITY_END)
+        save_results("bench_llm", results(meta, exports, speed, size_rows))
+        write_readme()
     failed = [e for e in exports if e.error and e.replaced_by is None] + \
         [e for _, e, _ in size_rows if e.error]
     return 1 if failed else 0

