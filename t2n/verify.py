@@ -65,6 +65,7 @@ class OutputDiff:
     problem: str = ""
     span: float = 0.0        # torch output's range (max - min of its finite values)
     bound: float = 0.0       # the absolute tolerance each value was held to
+    flips: float = 0.0       # share of values allowed beyond it (8-bit level flips)
     sqnr: float = float("inf")  # torch output's power over the difference's, in dB
     worst: tuple = ()        # index of the largest difference
     worst_values: tuple = () # (tract, torch) there
@@ -73,8 +74,12 @@ class OutputDiff:
     def gross(self) -> bool:
         """Far beyond any tolerance: a max difference above GROSS_FRACTION of the range and
         above twice the bound each value was held to (one 8-bit step, for instance)."""
-        return not self.passed and (not np.isfinite(self.max_abs) or self.max_abs > max(
-            GROSS_FRACTION * max(self.span, 1e-6), 2 * self.bound))
+        if self.passed:
+            return False
+        if self.flips:   # 8-bit level flips carried through layers: gross only without signal
+            return self.sqnr < 0
+        return not np.isfinite(self.max_abs) or self.max_abs > max(
+            GROSS_FRACTION * max(self.span, 1e-6), 2 * self.bound)
 
 
 @dataclass
@@ -241,7 +246,7 @@ def _diff(name, a, b, tolerance, step=0.0) -> OutputDiff:
         outlier_frac = max(outlier_frac, flips)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         diff = _diff_values(name, a, b, atol, rtol, outlier_frac)
-    diff.bound = atol
+    diff.bound, diff.flips = atol, (flips if step else 0.0)
     if step and diff.passed and b.size:
         shift = float(np.mean(np.nan_to_num(a.astype(np.float64) - b.astype(np.float64))))
         if diff.sqnr < MIN_SQNR_DB:
