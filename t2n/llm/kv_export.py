@@ -7,7 +7,6 @@ empty cache (P = 0) as well as one-token decoding.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ from t2n.llm.runtime import LLMBundle
 from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
                              past_from_cache)
 from t2n.options import ExportOptions, resolve_tolerance
-from t2n.pipeline import ExportResult, export_loaded, float_copy_for, kept_modes
+from t2n.pipeline import ExportResult, export_loaded, float_copy_for
 
 __all__ = ["export_llm", "LLMExportResult", "BUNDLE_NAME"]
 
@@ -55,20 +54,6 @@ class LLMExportResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _keeps_callers_model(fn):
-    """Without ``release`` the caller keeps its model: it is converted to ``dtype`` as a copy,
-    and its train/eval modes are restored afterwards. With ``release`` (the caller hands the
-    model over, as the CLI does) it is used in place, so that memory holds one copy."""
-    @functools.wraps(fn)
-    def wrapper(model, *args, dtype=None, release=None, **kwargs):
-        if release is not None:
-            return fn(model, *args, dtype=dtype, release=release, **kwargs)
-        with kept_modes(model):
-            return fn(float_copy_for(model, dtype), *args, dtype=dtype, **kwargs)
-    return wrapper
-
-
-@_keeps_callers_model
 def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, compression=None,
                compression_registry=None, f32_attention=False, f32_norm=False,
                f16_arithmetic="f32",
@@ -118,77 +103,94 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         raise WriteError(f"destination {bundle_path} already exists",
                          "pass overwrite=True or choose another export_dir")
 
-    warn_untested("transformers")
-    model = _prepared(model, dtype)
-    config = model.config
-    ids = _sample_ids(model, tokenizer, max(EXAMPLE_PAST + EXAMPLE_NEW, PROMPT_LEN + 1))
-    with torch.no_grad():
-        past = _prefill(model, ids[:, :EXAMPLE_PAST])
-    n_layers = len(past) // 2
-    wrapper = KVCacheLLM(model, num_logits_to_keep).eval()
-    del model  # from here on the model is reached only through `held` (see _release)
-    args = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
-    timings: dict[str, float] = {}
+    restore = None
+    if release is None:
+        # the caller keeps its model: a dtype conversion works on a copy, and its train/eval
+        # modes come back once torch is done with it (or on a failure). A caller handing the
+        # model over (release) gets it used in place: no reference to it is kept here.
+        modes = [(m, m.training) for m in model.modules()]
+        model = float_copy_for(model, dtype)
 
-    quantization = None
-    if compression:
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            float_out = [t.numpy() for t in wrapper(*args)]
-        wrapper = compress.apply(wrapper, compression, registry_path=compression_registry,
-                                 tokenizer=tokenizer, export_dirpath=export_dir, local_dir=None)
-        wrapper.eval()
-        with torch.no_grad():
-            quantized = [t.numpy() for t in wrapper(*args)]
-        quantization = verify.compare(quantized, float_out, output_names(n_layers),
-                                      "approximate").outputs
-        timings["compress"] = time.perf_counter() - t0
-        log.info("%-10s %6.2fs  %s", "compress", timings["compress"], compression)
-    # torch's side of the tract checks, computed now: tract runs after the model is dropped
-    checks = _mode_references(wrapper, ids, past) if options.check_io else {}
-    held = [wrapper]
-    del wrapper
-
-    def _release():
-        held.clear()
-        if release is not None:
-            release()
-
-    created = [d for d in (export_dir, model_dir) if not d.exists()]
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".t2n-llm-", dir=model_dir))
+        def restore():
+            for m, training in modes:
+                m.training = training
+        release = restore
     try:
-        export_options = ExportOptions(
-            dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-            f16_arithmetic=f16_arithmetic, dynamic_axes=dynamic_axes(n_layers),
-            symbol_min=SYMBOL_MIN,
-            input_names=tuple(input_names(n_layers)),
-            output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
-        exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
-                                 tokenizer=tokenizer, release=_release,
-                                 properties={"t2n_compression": compression} if compression
-                                 else None)
-        timings.update(exported.timings)
-        modes = {}
-        if options.check_io:
+        warn_untested("transformers")
+        model = _prepared(model, dtype)
+        config = model.config
+        ids = _sample_ids(model, tokenizer, max(EXAMPLE_PAST + EXAMPLE_NEW, PROMPT_LEN + 1))
+        with torch.no_grad():
+            past = _prefill(model, ids[:, :EXAMPLE_PAST])
+        n_layers = len(past) // 2
+        wrapper = KVCacheLLM(model, num_logits_to_keep).eval()
+        del model  # from here on the model is reached only through `held` (see _release)
+        args = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
+        timings: dict[str, float] = {}
+
+        quantization = None
+        if compression:
             t0 = time.perf_counter()
-            modes = _check_modes(exported.path, checks, options.check_io)
-            exported.verification = modes.pop("export")
-            timings["verify"] = time.perf_counter() - t0
-        os.replace(exported.path, bundle_path)
-    except BaseException:
+            with torch.no_grad():
+                float_out = [t.numpy() for t in wrapper(*args)]
+            wrapper = compress.apply(wrapper, compression, registry_path=compression_registry,
+                                     tokenizer=tokenizer, export_dirpath=export_dir, local_dir=None)
+            wrapper.eval()
+            with torch.no_grad():
+                quantized = [t.numpy() for t in wrapper(*args)]
+            quantization = verify.compare(quantized, float_out, output_names(n_layers),
+                                          "approximate").outputs
+            timings["compress"] = time.perf_counter() - t0
+            log.info("%-10s %6.2fs  %s", "compress", timings["compress"], compression)
+        # torch's side of the tract checks, computed now: tract runs after the model is dropped
+        checks = _mode_references(wrapper, ids, past) if options.check_io else {}
+        held = [wrapper]
+        del wrapper
+
+        def _release():
+            held.clear()
+            if release is not None:
+                release()
+
+        created = [d for d in (export_dir, model_dir) if not d.exists()]
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".t2n-llm-", dir=model_dir))
+        try:
+            export_options = ExportOptions(
+                dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
+                f16_arithmetic=f16_arithmetic, dynamic_axes=dynamic_axes(n_layers),
+                symbol_min=SYMBOL_MIN,
+                input_names=tuple(input_names(n_layers)),
+                output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
+            exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
+                                     tokenizer=tokenizer, release=_release,
+                                     properties={"t2n_compression": compression} if compression
+                                     else None)
+            timings.update(exported.timings)
+            modes = {}
+            if options.check_io:
+                t0 = time.perf_counter()
+                modes = _check_modes(exported.path, checks, options.check_io)
+                exported.verification = modes.pop("export")
+                timings["verify"] = time.perf_counter() - t0
+            os.replace(exported.path, bundle_path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in reversed(created):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(created):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        exported.path = exported.bundle.path = bundle_path
+        if dump_tokenizer_and_conf:
+            config.to_json_file(model_dir / "config.json", use_diff=False)
+            tokenizer.save_pretrained(tokenizer_dir)
+        return LLMExportResult(bundle_path, export_dir, exported, modes, exported.input_names,
+                               exported.output_names, quantization, timings)
+    except BaseException:
+        if restore is not None:
+            restore()
         raise
-    shutil.rmtree(staging, ignore_errors=True)
-    exported.path = exported.bundle.path = bundle_path
-    if dump_tokenizer_and_conf:
-        config.to_json_file(model_dir / "config.json", use_diff=False)
-        tokenizer.save_pretrained(tokenizer_dir)
-    return LLMExportResult(bundle_path, export_dir, exported, modes, exported.input_names,
-                           exported.output_names, quantization, timings)
 
 
 def _prepared(model, dtype):
