@@ -5,8 +5,8 @@ calibration file, the SmolLM2 GGUF file and a local Hugging Face cache with all-
 Not run here: the README's first block (the set-up and test commands: CI runs them through
 .ci/run, and tests/test_real_models.py runs the demo) and docs/benchmarks.md's commands (the
 benchmark runs themselves, minutes to hours; their scripts write those sections).
-Examples on the real models (the SmolLM2 GGUF, all-MiniLM-L6-v2) take from half a minute to
-several each: they run with the slow tests.
+Each example starts t2n or python afresh, and those on the real models (the SmolLM2 GGUF,
+all-MiniLM-L6-v2) take from half a minute to several minutes: they all run with the slow tests.
 """
 from __future__ import annotations
 
@@ -84,9 +84,10 @@ def examples():
                 continue
             if doc.name == "README.md" and "scripts/setup.sh" in code:
                 continue   # the two set-up commands: CI and test_real_models run them
-            slow = any(word in code.lower() for word in ("gguf", "smol", "all-minilm"))
-            marks = [pytest.mark.slow] if slow else []
-            found.append(pytest.param(language, code, id=f"{doc.stem}-{n}", marks=marks))
+            # each example starts t2n or python afresh (seconds each): all run with the slow
+            # tests, which CI runs too
+            found.append(pytest.param(language, code, id=f"{doc.stem}-{n}",
+                                      marks=[pytest.mark.slow]))
     return found
 
 

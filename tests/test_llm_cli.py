@@ -109,6 +109,7 @@ def test_torch_to_nnef_script_takes_every_flag_of_torch_to_nnef():
     assert [f for f in TORCH_TO_NNEF_FLAGS if f not in ours] == []
 
 
+@pytest.mark.slow
 def test_torch_to_nnef_flags_used_or_ignored_with_a_warning(tiny_folder, tmp_path):
     """-d names the model folder, -td prints a greedy continuation from tract, a tract version
     other than the installed one and the flags t2n has no use for get one warning each."""

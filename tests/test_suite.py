@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,6 +17,7 @@ def test_missing_test_package_stops_the_run():
     assert "the tests need gguf: run scripts/setup.sh" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow   # two pytest runs of its own
 def test_test_script_fails_when_no_slow_test_is_selected():
     proc = subprocess.run(["bash", "scripts/test.sh", "tests/test_compat.py", "-k",
                            "version_flag"], capture_output=True, text=True, cwd=ROOT,
