@@ -382,6 +382,11 @@ _IGNORED_T2N_FLAGS = [
 ]
 
 
+def _ignored_dest(flags: tuple) -> str:
+    """The parameter name of one of torch-to-nnef's ignored flags."""
+    return "ignored_" + flags[-1].split("/")[0].lstrip("-").replace("-", "_")
+
+
 def _torch_to_nnef_options(fn):
     """torch-to-nnef's remaining flags: -d/--local-dir, --tract-specific-version and
     -td/-sgts are used; the others are accepted with a warning that they are ignored."""
@@ -397,8 +402,7 @@ def _torch_to_nnef_options(fn):
                      default=6, show_default=True, help="Tokens generated for -td."),
     ]
     for flags, kind, why in _IGNORED_T2N_FLAGS:
-        dest = "ignored_" + flags[-1].split("/")[0].lstrip("-").replace("-", "_")
-        options.append(click.option(*flags, dest, is_flag=kind is bool, default=None,
+        options.append(click.option(*flags, _ignored_dest(flags), is_flag=kind is bool, default=None,
                                     help=f"Accepted, ignored: {why}."))
     for option in reversed(options):
         fn = option(fn)
@@ -418,8 +422,7 @@ def export_llm_main(ctx, verbose, config_file, local_dir, tract_version, display
     ctx.obj["verbose"] = verbose
     _setup_logging(verbose)
     for flags_, _kind, why in _IGNORED_T2N_FLAGS:
-        dest = "ignored_" + flags_[-1].split("/")[0].lstrip("-").replace("-", "_")
-        if flags.pop(dest) is not None:
+        if flags.pop(_ignored_dest(flags_)) is not None:
             log.warning("%s is ignored: %s", flags_[-1].split("/")[0], why)
     if local_dir is not None:
         if flags["model_slug"]:

@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from t2n.options import ExportOptions, resolve_tolerance
 from t2n.quant import int8
 from t2n.translate import Options as TranslateOptions, translate
 
-__all__ = ["ExportResult", "export", "export_loaded", "free_memory", "IO_FILE"]
+__all__ = ["ExportResult", "export", "export_loaded", "free_memory", "IO_FILE", "TORCH_DTYPES",
+           "kept_modes", "float_copy_for"]
 
 log = logging.getLogger("t2n")
 
@@ -85,10 +87,14 @@ def _flatten_outputs(out) -> tuple[list[torch.Tensor], list[str]]:
     return tensors, names
 
 
+# export dtype name -> torch dtype
+TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+
 def _to_dtype(module: torch.nn.Module, args, kwargs, dtype: str | None):
     if dtype is None:
         return module, args, kwargs
-    tdtype = {"f32": torch.float32, "f16": torch.float16}[dtype]
+    tdtype = TORCH_DTYPES[dtype]
     module = module.to(tdtype)
 
     def conv(t):
@@ -111,9 +117,9 @@ def kept_modes(model: torch.nn.Module):
 def float_copy_for(model: torch.nn.Module, dtype: str | None) -> torch.nn.Module:
     """``model`` itself, or a deep copy when converting it to ``dtype`` would change the
     caller's weights (an f16 export of an f32 model must not round the caller's copy)."""
-    if dtype not in ("f32", "f16") or not isinstance(model, torch.nn.Module):
+    if dtype not in TORCH_DTYPES or not isinstance(model, torch.nn.Module):
         return model   # nothing to convert (a bad dtype is refused by the options)
-    target = {"f32": torch.float32, "f16": torch.float16}[dtype]
+    target = TORCH_DTYPES[dtype]
     if all(t.dtype == target for t in list(model.parameters()) + list(model.buffers())
            if t.is_floating_point()):
         return model
@@ -190,8 +196,7 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
     out_names = list(options.output_names) if options.output_names else ref_names
     resized = None
     if options.check_io and options.dynamic_axes:
-        with stages("reference2", lambda: "torch forward at a second size of "
-                    + ", ".join(f"{s}={n}" for s, n in resized[2].items())
+        with stages("reference2", lambda: f"torch forward at a second size of {resized.label}"
                     if resized else "no second size"):
             resized = _resized_reference(module, args, kwargs, names, options.dynamic_axes)
     quantization = None
@@ -248,15 +253,15 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                 raise verify.mismatch_error(result_v, "on",
                                             _kept_failed(folder, path, options.dump_io))
             if resized is not None:
-                sizes = ", ".join(f"{s}={n}" for s, n in resized[2].items())
                 with stages("verify2", lambda: f"{'ok' if second.passed else 'MISMATCH'} at "
-                            f"{sizes}; {second.summary()}"):
-                    second = verify.check(folder, resized[0], resized[1], output_names,
-                                          options.check_io, binary=options.tract_binary,
-                                          steps=output_steps, budget_s=0.0)
-                second.sizes = resized[2]
+                            f"{resized.label}; {second.summary()}"):
+                    second = verify.check(folder, resized.inputs, resized.expected,
+                                          output_names, options.check_io,
+                                          binary=options.tract_binary, steps=output_steps,
+                                          budget_s=0.0)
+                second.sizes = resized.sizes
                 if not second.passed:
-                    raise verify.mismatch_error(second, f"at {sizes} on",
+                    raise verify.mismatch_error(second, f"at {resized.label} on",
                                                 _kept_failed(folder, path, options.dump_io))
         with stages("publish", lambda: f"{path} ({bundle_mod.bundle_format(path)})"):
             bundle.path = bundle_mod.publish(folder, path, options.tgz_level)
@@ -267,10 +272,19 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                         quantization, second if resized is not None and result_v else None)
 
 
-def _resized_reference(module, args, kwargs, names, dynamic_axes):
-    """(inputs, torch outputs, sizes) with every dynamic axis at a second size (3 more than
-    traced, else 1 less) and masks partly padded; None (with a warning) if torch runs at
-    neither."""
+class _Resized(NamedTuple):
+    inputs: list        # numpy arrays, every dynamic axis at its second size
+    expected: list      # torch's outputs on them
+    sizes: dict         # symbol -> second size
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{s}={n}" for s, n in self.sizes.items())
+
+
+def _resized_reference(module, args, kwargs, names, dynamic_axes) -> _Resized | None:
+    """Inputs and torch outputs with every dynamic axis at a second size (3 more than traced,
+    else 1 less) and masks partly padded; None (with a warning) if torch runs at neither."""
     tensors = list(args) + list(kwargs.values())
     traced = resize.traced_sizes(tensors, names, dynamic_axes)
     problem = None
@@ -286,7 +300,8 @@ def _resized_reference(module, args, kwargs, names, dynamic_axes):
         except Exception as e:  # the model refuses that size: try the other one
             problem = f"{type(e).__name__}: {e}"
             continue
-        return ([t.detach().numpy() for t in inputs], [t.detach().numpy() for t in out], sizes)
+        return _Resized([t.detach().numpy() for t in inputs],
+                        [t.detach().numpy() for t in out], sizes)
     log.warning("the dynamic axes were checked at their traced sizes only: torch did not run "
                 "at a second size (%s)", problem or "every symbol has size 1")
     return None
@@ -372,10 +387,10 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
     the float model. The caller's model keeps its dtype (an export to another dtype converts a
     copy) and its train/eval modes. ``symbol_min`` ({symbol: size}) tells tract the smallest
     size a dynamic axis takes (e.g. {"S": 1}), which lets it use faster kernels.
-    ``f16_arithmetic`` (f16
-    bundles): "f32" computes element-wise arithmetic on f32 copies (faster in tract on x86,
-    which has no vectorized f16 element-wise kernels), "native" keeps it in f16 (CPUs with f16
-    arithmetic, ARMv8.2 and later); recorded in the bundle's properties.
+    ``f16_arithmetic`` (f16 bundles): "f32" computes element-wise arithmetic on f32 copies
+    (faster in tract on x86, which has no vectorized f16 element-wise kernels), "native" keeps
+    it in f16 (CPUs with f16 arithmetic, ARMv8.2 and later); recorded in the bundle's
+    properties.
     """
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"model is a {type(model).__name__}, not a torch.nn.Module",

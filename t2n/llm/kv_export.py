@@ -25,7 +25,7 @@ from t2n.llm.runtime import LLMBundle
 from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
                              past_from_cache)
 from t2n.options import ExportOptions, resolve_tolerance
-from t2n.pipeline import ExportResult, export_loaded, float_copy_for
+from t2n.pipeline import TORCH_DTYPES, ExportResult, export_loaded, float_copy_for
 
 __all__ = ["export_llm", "LLMExportResult", "BUNDLE_NAME"]
 
@@ -196,7 +196,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
 def _prepared(model, dtype):
     model.eval()
     if dtype is not None:
-        return model.to({"f32": torch.float32, "f16": torch.float16}[dtype])
+        return model.to(TORCH_DTYPES[dtype])
     kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if torch.bfloat16 in kinds:
         raise OptionError("the model holds bfloat16 weights, which tract does not run",
