@@ -6,14 +6,27 @@ K experts' outputs scaled by their routing weights. Its kernels group the tokens
 (a loop over the experts hit, or ``torch.histc`` and grouped matmuls): shapes that depend on
 the data, which torch.export cannot keep and tract cannot run.
 
-While tracing, :func:`static_experts` gives each experts module of a verified class a forward
-computing the same function with static shapes: every expert runs on every token and a dense
-``[T, E]`` matrix of routing weights, zero for the experts a token did not choose, scales the
-experts' activations before the down projection, whose single matmul then also sums the
-experts. The router is not touched, so the routing (softmax or sigmoid, before or after the
-top-k, renormalized or not, grouped, biased) stays the model's own code; the gate of the
-experts is the module's own ``_apply_gate``/activation. Modules of any other class, subclasses
-included, are left alone: they then fail with the usual unsupported-op error.
+While tracing, :func:`static_experts` gives each experts module it knows a forward computing
+the same function with static shapes: every expert runs on every token and a dense ``[T, E]``
+matrix of routing weights, zero for the experts a token did not choose, scales the experts'
+activations before the down projection, whose single matmul then also sums the experts. The
+router is not touched, so the routing (softmax or sigmoid, before or after the top-k,
+renormalized or not, grouped, biased) stays the model's own code.
+
+It knows two kinds of module. A class dispatched by transformers' experts interface
+(``use_experts_implementation``) computes what the interface's kernels compute for its layout
+flags (gate or not, transposed, biases, a norm after each expert), whatever its own eager code
+says: the static forward follows that contract, applying the module's own ``_apply_gate`` to
+rows as the kernels do; a subclass that overrides ``forward``, an expert-parallel module, or
+weights whose shapes do not chain are left alone. A class with its own routing code (DBRX's
+fused experts, JetMoe's layers, OWN_CODE_EXPERTS) is rewritten only for that exact class.
+Anything else is left alone and fails with the usual unsupported-op error.
+
+JetMoe routes inside its layers (a top-k gate that groups tokens with ``.tolist()`` sizes and
+``index_add``) for both its feed-forward experts and its mixture of attention heads, whose query
+and output projections are experts too; its static forms compute the same top-k softmax gate
+from the router's own linear layer and the experts densely, the chosen query projection of each
+(token, slot) picked by a one-hot matmul.
 
 The dense form was measured against gathering each token's K experts' weights
 (``gate_up_proj[top_k_index]`` and batched matrix-vector products) in tract on a MoE block of
@@ -30,7 +43,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["static_experts", "rewritable", "VERIFIED_EXPERTS"]
+__all__ = ["static_experts", "rewritable", "OWN_CODE_EXPERTS"]
 
 log = logging.getLogger(__name__)
 
@@ -51,63 +64,83 @@ def _weighted_down(act, weights, down_all):
 
 # -- transformers' experts interface (use_experts_implementation) ----------------------------
 def _interface_forward(self, hidden_states, top_k_index, top_k_weights):
-    """Experts whose weights are ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]
-    (transposed: [E, H, 2I] and [E, I, H]), with optional ``*_bias`` [E, out]."""
-    gate_up, down = self.gate_up_proj, self.down_proj
-    experts, tokens = gate_up.shape[0], hidden_states.shape[0]
+    """The contract of transformers' experts interface, for any of its layout flags: for each
+    token, ``sum_k w_k * norm?(down_e(gate(up_e(x))))`` with ``e = top_k_index[k]``.
+
+    Weights: ``gate_up_proj`` [E, 2I, H] (or ``up_proj`` [E, I, H] without a gate) and
+    ``down_proj`` [E, H, I], transposed ([E, H, 2I], [E, I, H]) under ``is_transposed``,
+    optional ``*_bias`` [E, out]. The gate (the module's ``_apply_gate``, or ``act_fn`` without
+    a gate) is applied to rows of [T * E, 2I] as the interface's kernels do."""
+    up = self.gate_up_proj if self.has_gate else self.up_proj
+    down = self.down_proj
+    experts, tokens = up.shape[0], hidden_states.shape[0]
     if self.is_transposed:
-        proj = hidden_states @ gate_up.permute(1, 0, 2).reshape(gate_up.shape[1], -1)
-        down_all = down.reshape(-1, down.shape[2])
+        proj = hidden_states @ up.permute(1, 0, 2).reshape(up.shape[1], -1)
+        down_t = down                                                      # [E, I, H]
     else:
-        proj = F.linear(hidden_states, gate_up.reshape(-1, gate_up.shape[2]))
-        down_all = down.permute(0, 2, 1).reshape(-1, down.shape[1])
-    proj = proj.reshape(tokens, experts, -1)                              # [T, E, 2I]
+        proj = F.linear(hidden_states, up.reshape(-1, up.shape[2]))
+        down_t = down.permute(0, 2, 1)                                     # [E, I, H]
+    proj = proj.reshape(tokens, experts, -1)                               # [T, E, 2I]
     if self.has_bias:
-        proj = proj + self.gate_up_proj_bias
-    act = self._apply_gate(proj)                                          # [T, E, I]
+        proj = proj + (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias)
+    rows = proj.reshape(tokens * experts, -1)
+    act = self._apply_gate(rows) if self.has_gate else self.act_fn(rows)
+    act = act.reshape(tokens, experts, -1)                                 # [T, E, I]
     weights = _routing_matrix(top_k_index, top_k_weights, experts, act.dtype)
-    out = _weighted_down(act, weights, down_all)
-    if self.has_bias:
-        out = out + weights @ self.down_proj_bias
+    if self.has_post_expert_norm:
+        # the norm sits between each expert's output and its weight: outputs kept apart
+        out = act.transpose(0, 1) @ down_t                                 # [E, T, H]
+        if self.has_bias:
+            out = out + self.down_proj_bias.unsqueeze(1)
+        out = self.post_expert_norm(out)
+        out = (out * weights.t().unsqueeze(-1)).sum(0)
+    else:
+        out = _weighted_down(act, weights, down_t.reshape(-1, down_t.shape[2]))
+        if self.has_bias:
+            out = out + weights @ self.down_proj_bias
     return out.to(hidden_states.dtype)
 
 
-def _interface_flags(**expected):
-    """A check that the module is dispatched by transformers' experts interface with the
-    layout flags it was verified with, and that its weights have the matching shapes."""
-    def check(module) -> bool:
-        forward = type(module).__dict__.get("forward")
-        code = getattr(forward, "__code__", None)
-        if code is None or "experts_interface" not in code.co_freevars:
-            return False
-        flags = {**dict(has_gate=True, has_bias=False, is_transposed=False, is_concatenated=True,
-                        has_post_expert_norm=False, _is_expert_parallel=False), **expected}
-        if any(getattr(module, k, None) != v for k, v in flags.items()):
-            return False
-        gate_up, down = (getattr(module, k, None) for k in ("gate_up_proj", "down_proj"))
-        if not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in (gate_up, down)):
-            return False
-        experts = gate_up.shape[0]
-        if flags["is_transposed"]:
-            hidden, inner = down.shape[2], down.shape[1]
-            shapes = ((experts, hidden, 2 * inner), (experts, inner, hidden))
-        else:
-            hidden, inner = down.shape[1], down.shape[2]
-            shapes = ((experts, 2 * inner, hidden), (experts, hidden, inner))
-        if (tuple(gate_up.shape), tuple(down.shape)) != shapes:
-            return False
-        if flags["has_bias"]:
-            biases = (getattr(module, k, None) for k in ("gate_up_proj_bias", "down_proj_bias"))
-            return [tuple(getattr(b, "shape", ())) for b in biases] == [
-                (experts, 2 * inner), (experts, hidden)]
-        return True
-    return check
+def _interface_dispatched(module) -> bool:
+    """``module.forward`` is the dispatcher that transformers' ``use_experts_implementation``
+    installs (a subclass overriding forward is not)."""
+    forward = type(module).forward
+    code = getattr(forward, "__code__", None)
+    return code is not None and "experts_interface" in code.co_freevars
 
 
-def _default_gate(module) -> bool:
-    """``_apply_gate`` is transformers' default: ``act_fn(gate) * up`` of the two halves."""
-    from transformers.integrations.moe import _default_apply_gate
-    return getattr(type(module), "_apply_gate", None) is _default_apply_gate
+def _interface_check(module) -> bool:
+    """Dispatched by the experts interface, not expert-parallel, and weights whose shapes
+    chain as the flags say."""
+    if not _interface_dispatched(module) or getattr(module, "_is_expert_parallel", True):
+        return False
+    flags = {k: getattr(module, k, None) for k in ("has_gate", "has_bias", "is_transposed",
+                                                   "has_post_expert_norm")}
+    if not all(isinstance(v, bool) for v in flags.values()):
+        return False
+    up = getattr(module, "gate_up_proj" if flags["has_gate"] else "up_proj", None)
+    down = getattr(module, "down_proj", None)
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in (up, down)):
+        return False
+    experts = up.shape[0]
+    if flags["is_transposed"]:
+        hidden, inner = down.shape[2], down.shape[1]
+        up_out, shapes = up.shape[2], (up.shape[:2], down.shape)
+        expected = ((experts, hidden), (experts, inner, hidden))
+    else:
+        hidden, inner = down.shape[1], down.shape[2]
+        up_out, shapes = up.shape[1], ((up.shape[0], up.shape[2]), down.shape)
+        expected = ((experts, hidden), (experts, hidden, inner))
+    if tuple(map(tuple, shapes)) != expected or up_out != (2 if flags["has_gate"] else 1) * inner:
+        return False
+    if flags["has_post_expert_norm"] and not isinstance(
+            getattr(module, "post_expert_norm", None), torch.nn.Module):
+        return False
+    if flags["has_bias"]:
+        names = ("gate_up_proj_bias" if flags["has_gate"] else "up_proj_bias", "down_proj_bias")
+        biases = [tuple(getattr(getattr(module, k, None), "shape", ())) for k in names]
+        return biases == [(experts, up_out), (experts, hidden)]
+    return True
 
 
 # -- DBRX --------------------------------------------------------------------------------
@@ -134,72 +167,143 @@ def _dbrx_check(module) -> bool:
     return all(tuple(getattr(mlp, k).shape) == shape for k in ("w1", "v1", "w2"))
 
 
+# -- JetMoe: feed-forward experts and mixture of attention ---------------------------------
+def _jetmoe_route(router, x):
+    """JetMoeTopKGating's decision without its grouping: [T, K] expert indices, their gates
+    (softmax over the K best logits) and the [T, E] router logits."""
+    logits = router.layer(x).float()
+    top_logits, top_index = logits.topk(router.top_k, dim=1)
+    return top_index, torch.softmax(top_logits, dim=1).type_as(x), logits
+
+
+def _experts_linear(x, weight):
+    """``x`` [T, In] through every expert of ``weight`` [E, Out, In]: [T, E, Out]."""
+    return F.linear(x, weight.reshape(-1, weight.shape[2])).reshape(x.shape[0], weight.shape[0], -1)
+
+
+def _experts_down(weight):
+    """``weight`` [E, Out, In] as the [E * In, Out] matrix of :func:`_weighted_down`."""
+    return weight.permute(0, 2, 1).reshape(-1, weight.shape[1])
+
+
+def _jetmoe_moe_forward(self, layer_input):
+    """JetMoeMoE: ``bias + sum_k gate_k * W2[e_k] (act(a) * b)``, ``(a, b) = W1[e_k] x``."""
+    bsz, length, hidden = layer_input.shape
+    x = layer_input.reshape(-1, hidden)
+    index, gates, _ = _jetmoe_route(self.router, x)
+    gate, up = _experts_linear(x, self.input_linear.weight).chunk(2, dim=-1)  # [T, E, I] each
+    act = self.activation(gate) * up
+    weights = _routing_matrix(index, gates, self.input_linear.num_experts, act.dtype)
+    out = _weighted_down(act, weights, _experts_down(self.output_linear.weight))
+    return out.view(bsz, length, hidden) + self.bias
+
+
+def _jetmoe_moa_map(self, layer_input):
+    """JetMoeMoA.map: each token's K query projections ``Wq[e_k] x`` [bsz, length, K, D], the
+    router logits, and the routing (indices, gates) that :func:`_jetmoe_moa_reduce` reads."""
+    bsz, length, hidden = layer_input.shape
+    x = layer_input.reshape(-1, hidden)
+    index, gates, logits = _jetmoe_route(self.router, x)
+    queries = _experts_linear(x, self.input_linear.weight)                    # [T, E, D]
+    chosen = (index.unsqueeze(-1) == torch.arange(self.num_experts, device=x.device))
+    picked = chosen.to(queries.dtype) @ queries                               # [T, K, D]
+    return picked.view(bsz, length, self.top_k, -1), logits, (index, gates)
+
+
+def _jetmoe_moa_reduce(self, layer_input, topo_info):
+    """JetMoeMoA.reduce: ``bias + sum_k gate_k * Wo[e_k] a_k`` over each token's K attention
+    outputs ``a_k``; the outputs sent to one expert are summed before its projection."""
+    bsz, length, slots, inner = layer_input.shape
+    index, gates = topo_info
+    a = layer_input.reshape(-1, slots, inner)                                 # [T, K, D]
+    chosen = (index.unsqueeze(-1) == torch.arange(self.num_experts, device=a.device))
+    weights = chosen.to(a.dtype) * gates.unsqueeze(-1)                        # [T, K, E]
+    per_expert = weights.transpose(1, 2) @ a                                  # [T, E, D]
+    out = per_expert.reshape(a.shape[0], -1) @ _experts_down(self.output_linear.weight)
+    return out.view(bsz, length, -1) + self.bias
+
+
+def _jetmoe_check(*methods):
+    """The class's own ``methods``, a JetMoeTopKGating router and JetMoeParallelExperts
+    projections whose shapes chain: [E, A, H] in, [E, H, B] out (A = 2B for the MLP)."""
+    def check(module) -> bool:
+        cls = type(module)
+        if any(getattr(getattr(cls, m, None), "__qualname__", "") != f"{cls.__qualname__}.{m}"
+               for m in methods):
+            return False
+        prefix = f"{cls.__module__}.JetMoe"
+        parts = {"router": "TopKGating", "input_linear": "ParallelExperts",
+                 "output_linear": "ParallelExperts"}
+        for attr, kind in parts.items():
+            part = getattr(module, attr, None)
+            if f"{type(part).__module__}.{type(part).__qualname__}" != prefix + kind:
+                return False
+        w_in, w_out = module.input_linear.weight, module.output_linear.weight
+        experts, inner, hidden = w_in.shape
+        if cls.__qualname__ == "JetMoeMoE":
+            inner //= 2
+        return (tuple(w_out.shape) == (experts, hidden, inner)
+                and module.router.num_experts == experts
+                and tuple(module.router.layer.weight.shape) == (experts, hidden)
+                and module.router.layer.bias is None)
+    return check
+
+
 # -- the verified classes ------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Form:
-    forward: Callable     # the static forward, bound to the module
-    check: Callable       # module -> bool: the layout it was verified with
+    methods: dict[str, Callable]  # name -> the static method, bound to the module
+    check: Callable               # module -> bool: the layout it was verified with
 
 
-_STANDARD = _Form(_interface_forward, lambda m: _interface_flags()(m) and _default_gate(m))
-# GPT-OSS: transposed weights with biases, its own clamped interleaved gate (_apply_gate)
-_GPT_OSS = _Form(_interface_forward,
-                 _interface_flags(has_bias=True, is_transposed=True, is_concatenated=False))
-_DBRX = _Form(_dbrx_forward, _dbrx_check)
+_INTERFACE = _Form({"forward": _interface_forward}, _interface_check)
+_DBRX = _Form({"forward": _dbrx_forward}, _dbrx_check)
+_JETMOE_MOE = _Form({"forward": _jetmoe_moe_forward}, _jetmoe_check("forward"))
+_JETMOE_MOA = _Form({"map": _jetmoe_moa_map, "reduce": _jetmoe_moa_reduce},
+                    _jetmoe_check("map", "reduce"))
 
 _MODELS = "transformers.models"
-# Each class was read (router outside the experts module, experts computing the sum of the
-# chosen experts' outputs scaled by the routing weights) and is exported and compared with
-# transformers in tests/test_architectures.py.
-VERIFIED_EXPERTS: dict[str, _Form] = {
+# Classes with their own experts code, each read (the sum of the chosen experts' outputs scaled
+# by the routing weights) and compared with transformers in tests/test_architectures.py. Every
+# class dispatched by transformers' experts interface follows the interface's contract instead
+# (_INTERFACE); the tests compare it with each such class of the installed transformers.
+OWN_CODE_EXPERTS: dict[str, _Form] = {
     f"{_MODELS}.{family}.modeling_{family}.{name}": form for family, name, form in (
-        ("mixtral", "MixtralExperts", _STANDARD),
-        ("qwen2_moe", "Qwen2MoeExperts", _STANDARD),
-        ("qwen3_moe", "Qwen3MoeExperts", _STANDARD),
-        ("olmoe", "OlmoeExperts", _STANDARD),
-        ("flex_olmo", "FlexOlmoExperts", _STANDARD),
-        ("phimoe", "PhimoeExperts", _STANDARD),
-        ("granitemoe", "GraniteMoeExperts", _STANDARD),
-        ("granitemoeshared", "GraniteMoeSharedExperts", _STANDARD),
-        ("deepseek_v2", "DeepseekV2Experts", _STANDARD),
-        ("deepseek_v3", "DeepseekV3Experts", _STANDARD),
-        ("glm4_moe", "Glm4MoeExperts", _STANDARD),
-        ("ernie4_5_moe", "Ernie4_5_MoeExperts", _STANDARD),
-        ("hunyuan_v1_moe", "HunYuanMoEV1Experts", _STANDARD),
-        ("dots1", "Dots1Experts", _STANDARD),
-        ("minimax", "MiniMaxExperts", _STANDARD),
-        ("gpt_oss", "GptOssExperts", _GPT_OSS),
         ("dbrx", "DbrxExperts", _DBRX),
+        ("jetmoe", "JetMoeMoE", _JETMOE_MOE),
+        ("jetmoe", "JetMoeMoA", _JETMOE_MOA),
     )}
 
 
 def _form(module: torch.nn.Module) -> _Form | None:
     cls = type(module)
-    form = VERIFIED_EXPERTS.get(f"{cls.__module__}.{cls.__qualname__}")
-    return form if form is not None and form.check(module) else None
+    form = OWN_CODE_EXPERTS.get(f"{cls.__module__}.{cls.__qualname__}", _INTERFACE)
+    return form if form.check(module) else None
 
 
 def rewritable(module: torch.nn.Module) -> bool:
-    """Whether :func:`static_experts` rewrites ``module``: its class is one of
-    VERIFIED_EXPERTS exactly, with the layout it was verified with."""
+    """Whether :func:`static_experts` rewrites ``module``: a class of OWN_CODE_EXPERTS exactly,
+    or one dispatched by transformers' experts interface, with the layout it is checked for."""
     return _form(module) is not None
 
 
 @contextmanager
 def static_experts(model: torch.nn.Module):
     """Within this block, the verified experts modules of ``model`` compute with static
-    shapes (a forward set on each instance, removed on exit)."""
+    shapes (methods set on each instance, removed on exit)."""
     patched = []
     for module in model.modules():
         form = _form(module)
-        if form is None or "forward" in module.__dict__:  # already set on the instance
-            continue
-        module.forward = form.forward.__get__(module)
-        patched.append(module)
+        if form is None or any(name in module.__dict__ for name in form.methods):
+            continue  # already set on the instance
+        for name, method in form.methods.items():
+            setattr(module, name, method.__get__(module))
+        patched.append((module, form.methods))
     if patched:
         log.debug("experts computed densely in %d modules", len(patched))
     try:
         yield
     finally:
-        for module in patched:
-            del module.forward
+        for module, methods in patched:
+            for name in methods:
+                delattr(module, name)

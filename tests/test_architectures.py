@@ -7,16 +7,19 @@ max |tract - torch| <= 1e-5 * max |torch| on every output (REL below).
 """
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import torch
 import transformers
-from transformers.integrations.moe import use_experts_implementation
+from transformers.integrations.moe import _default_apply_gate, grouped_mm_experts_forward
+
+import _moe_classes
 
 import t2n
 from helpers import Lambda, assert_bundle_matches, run_bundle
 from t2n import UnsupportedOpsError, VerificationError, moe
-from test_llm_export import ARCHS as LLM_ARCHS, COMMON
+from test_llm_export import ARCHS as LLM_ARCHS, COMMON, GENERIC_MOE
 
 REL = 1e-5
 IDS, OTHER_IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]]), torch.tensor([[9, 60, 11, 4, 200]])
@@ -37,8 +40,12 @@ OTHER_ARCHS = {
 }
 MOE_NAMES = ["mixtral_moe", "qwen2_moe", "qwen3_moe", "olmoe", "flex_olmo", "phimoe",
              "granitemoe", "granitemoeshared", "glm4_moe", "dots1", "ernie4_5_moe",
-             "hunyuan_v1_moe", "gpt_oss", "dbrx"]
-FACTORIES = {**{n: LLM_ARCHS[n] for n in MOE_NAMES}, **OTHER_ARCHS}
+             "hunyuan_v1_moe", "gpt_oss", "dbrx", "jetmoe", *GENERIC_MOE]
+# whole-sequence only: caches export_llm does not write (DeepSeek V4's compressed attention,
+# Inkling's convolution state)
+WHOLE_SEQUENCE_MOE = ["deepseek_v4", "inkling", "inkling2", "inkling2_loop"]
+FACTORIES = {**{n: LLM_ARCHS[n] for n in MOE_NAMES}, **OTHER_ARCHS,
+             **{n: functools.partial(_moe_classes.tiny_causal_lm, n) for n in WHOLE_SEQUENCE_MOE}}
 DEFAULT_SUITE = {"mixtral_moe", "qwen2_moe"}
 # the attention of these keeps the token axis static in a generic export (gpt_oss: its sinks'
 # concat; minimax: its lightning attention's block size); export_llm covers gpt_oss with S
@@ -89,7 +96,7 @@ def _params(names):
 
 
 # -- mixture of experts: whole decoders ------------------------------------------------------
-@pytest.mark.parametrize("arch", _params([*MOE_NAMES, "minimax"]))
+@pytest.mark.parametrize("arch", _params([*MOE_NAMES, *WHOLE_SEQUENCE_MOE, "minimax"]))
 def test_moe_decoder(arch, tmp_path):
     model = Logits(_model(arch))
     if arch in STATIC_TOKENS:
@@ -122,29 +129,61 @@ def test_deepseek_moe_block(arch, tmp_path):
     _assert_relative(result, block, (x,), (other,))
 
 
-# -- mixture of experts: the dense experts against transformers' kernels ---------------------
+# -- mixture of experts: the static forms against transformers' own code ----------------------
 def _experts(model):
     return [m for m in model.modules() if moe.rewritable(m)]
 
 
-def test_every_verified_class_is_tested_here():
+def _qualname(module):
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def test_every_own_code_class_is_tested_here():
     found = set()
     for name in FACTORIES:
-        found |= {f"{type(m).__module__}.{type(m).__qualname__}" for m in _experts(_model(name))}
-    assert found == set(moe.VERIFIED_EXPERTS)
+        found |= {_qualname(m) for m in _experts(_model(name))} & set(moe.OWN_CODE_EXPERTS)
+    assert found == set(moe.OWN_CODE_EXPERTS)
 
 
-@pytest.mark.parametrize("arch", list(FACTORIES))
-def test_dense_experts_equal_transformers(arch):
-    """The static forward against the module's own (transformers' default kernel), on random
-    routing of 6 tokens with weights and activations of order 1."""
-    model = _model(arch)
+def _random_routing(tokens, experts, k):
+    return torch.rand(tokens, experts).argsort(-1)[:, :k], torch.rand(tokens, k)
+
+
+@pytest.mark.parametrize("module_name, class_name", _moe_classes.interface_classes(),
+                         ids=lambda v: v.rsplit(".", 1)[-1])
+def test_interface_experts_follow_the_kernels(module_name, class_name):
+    """Every experts class of the installed transformers dispatched by its experts interface
+    (hidden 32, intermediate 16, 4 experts, weights of order 1) is rewritten, and its static
+    forward equals the interface's two kernels (batched_mm, grouped_mm) on 6 tokens routed
+    to 2 experts each, and the class's own eager code on one route per token of weight 1
+    (Ergo's projections are called with single unit-weight routes)."""
+    torch.manual_seed(0)
+    module, config = _moe_classes.build(module_name, class_name)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    assert moe.rewritable(module)
+    experts = (module.gate_up_proj if module.has_gate else module.up_proj).shape[0]
+    x = torch.randn(6, _moe_classes.HIDDEN)
+    two = _random_routing(6, experts, 2)
+    one = (_random_routing(6, experts, 1)[0], torch.ones(6, 1))
+    for implementation, routing in [("batched_mm", two), ("grouped_mm", two), ("eager", one)]:
+        config._experts_implementation = implementation
+        with torch.no_grad():
+            expected = module(x, *routing)
+            with moe.static_experts(module):
+                got = module(x, *routing)
+        torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item(),
+                                   msg=lambda m: f"{implementation}: {m}")
+
+
+def test_dbrx_dense_experts_equal_transformers():
+    """DBRX's own experts code, on random routing of 6 tokens with weights of order 1."""
+    model = _model("dbrx")
     module = _experts(model)[0]
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(6, model.config.hidden_size)
-    index = torch.rand(6, module.num_experts).argsort(-1)[:, :2]
-    weights = torch.rand(6, 2)
+    index, weights = _random_routing(6, module.num_experts, 2)
     with torch.no_grad():
         expected = module(x, index, weights)
         with moe.static_experts(module):
@@ -154,10 +193,49 @@ def test_dense_experts_equal_transformers(arch):
     torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
 
 
+def test_jetmoe_static_forms_equal_transformers():
+    """JetMoe's MLP experts and its mixture of attention (map: each token's chosen query
+    projections; reduce: the gated sum of the chosen output projections) against the
+    modules' own grouped code, weights of order 1, 2 x 5 tokens."""
+    layer = _model("jetmoe").model.layers[0]
+    mlp, moa = layer.mlp, layer.self_attention.experts
+    for p in [*mlp.parameters(), *moa.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)
+    x, attended = torch.randn(2, 5, 64), torch.randn(2, 5, 2, 32)
+    with torch.no_grad():
+        expected_mlp, (expected_q, expected_logits, topo) = mlp(x), moa.map(x)
+        expected_out = moa.reduce(attended, topo)
+        with moe.static_experts(layer):
+            assert {"forward", "map", "reduce"} <= {*mlp.__dict__, *moa.__dict__}
+            got_mlp, (got_q, got_logits, static_topo) = mlp(x), moa.map(x)
+            got_out = moa.reduce(attended, static_topo)
+    assert not {"forward", "map", "reduce"} & {*mlp.__dict__, *moa.__dict__}
+    for got, expected in [(got_mlp, expected_mlp), (got_q, expected_q),
+                          (got_logits, expected_logits), (got_out, expected_out)]:
+        torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
+
+
+def test_jetmoe_look_alike_is_left_alone():
+    """A JetMoe MLP whose router has a bias, or whose class overrides forward, is not
+    rewritten (the static gate reads the router's linear layer without one)."""
+    from transformers.models.jetmoe.modeling_jetmoe import JetMoeMoE
+
+    class Subclass(JetMoeMoE):
+        def forward(self, layer_input):
+            return super().forward(layer_input)
+
+    model = _model("jetmoe")
+    config = model.config
+    plain, sub, biased = JetMoeMoE(config), Subclass(config), JetMoeMoE(config)
+    biased.router.layer = torch.nn.Linear(config.hidden_size, 4)
+    assert [moe.rewritable(m) for m in (plain, sub, biased)] == [True, False, False]
+    assert moe.rewritable(model.model.layers[0].self_attention.experts)
+
+
 # -- mixture of experts: what is left alone -------------------------------------------------
-@use_experts_implementation
 class LookAlikeExperts(torch.nn.Module):
-    """Mixtral's experts layout, flags and dispatch under a class t2n has not verified."""
+    """Mixtral's experts layout and flags, computed by the interface's grouped kernel called
+    from the class's own forward: not dispatched by the interface."""
 
     def __init__(self, config):
         super().__init__()
@@ -167,9 +245,13 @@ class LookAlikeExperts(torch.nn.Module):
         self.down_proj = torch.nn.Parameter(
             torch.randn(self.num_experts, config.hidden_size, config.intermediate_size))
         self.act_fn = torch.nn.SiLU()
+        self.has_gate, self.has_bias, self.is_transposed = True, False, False
+        self.has_post_expert_norm, self._is_expert_parallel = False, False
+
+    _apply_gate = _default_apply_gate
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        raise NotImplementedError("runs through transformers' experts interface only")
+        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
 
 def test_look_alike_experts_are_left_alone(tmp_path):
@@ -181,19 +263,26 @@ def test_look_alike_experts_are_left_alone(tmp_path):
         t2n.export(Logits(model), (IDS,), tmp_path / "bundle")
 
 
-def test_subclass_or_other_layout_is_left_alone():
+def test_overridden_forward_or_other_layout_is_left_alone():
+    """A subclass keeping the interface's dispatch is rewritten; one overriding forward, an
+    expert-parallel module, or biases declared without their tensors are not."""
     from transformers.models.mixtral.modeling_mixtral import MixtralExperts
 
-    class Subclass(MixtralExperts):
+    class Inherits(MixtralExperts):
         pass
 
+    class Overrides(MixtralExperts):
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return super().forward(hidden_states, top_k_index, top_k_weights) * 2
+
     config = _model("mixtral_moe").config
-    plain, sub, biased = MixtralExperts(config), Subclass(config), MixtralExperts(config)
-    biased.has_bias = True
-    assert moe.rewritable(plain) and not moe.rewritable(sub) and not moe.rewritable(biased)
-    holder = torch.nn.ModuleList([plain, sub, biased])
+    holder = torch.nn.ModuleList([MixtralExperts(config), Inherits(config), Overrides(config),
+                                  MixtralExperts(config), MixtralExperts(config)])
+    holder[3].has_bias = True
+    holder[4]._is_expert_parallel = True
+    assert [moe.rewritable(m) for m in holder] == [True, True, False, False, False]
     with moe.static_experts(holder):
-        assert ["forward" in m.__dict__ for m in holder] == [True, False, False]
+        assert ["forward" in m.__dict__ for m in holder] == [True, True, False, False, False]
     assert not any("forward" in m.__dict__ for m in holder)
 
 

@@ -1,11 +1,15 @@
 """export_llm: tiny random causal LMs exported with their KV cache, run step by step in tract."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 import transformers
 from transformers import DynamicCache
+
+import _moe_classes
 
 from t2n import OptionError, VerificationError, WriteError, verify
 from t2n.compat import cache_argument
@@ -82,7 +86,19 @@ ARCHS = {
         bos_token_id=1, eos_token_id=2,
         attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
         ffn_config={"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2})),
+    # routing inside its layers, for the MLP experts and for a mixture of attention heads (each
+    # query and output projection an expert; 2 kv heads repeated for the top-2 query heads)
+    "jetmoe": lambda: transformers.JetMoeForCausalLM(transformers.JetMoeConfig(
+        num_local_experts=4, kv_channels=16, **MOE)),
 }
+
+# mixture-of-experts families built from their default configuration at TINY's sizes, their
+# experts dispatched by transformers' experts interface (tests/_moe_classes.py)
+GENERIC_MOE = ["afmoe", "aria", "cohere2_moe", "exaone_moe", "flint", "granitemoe_swa", "hy_v3",
+               "kolibri1", "kolibri1_1", "laguna", "mellum", "mimo_v2_flash", "minicpm5_moe",
+               "minimax_m2", "minimax_m3_vl", "solar_open"]
+ARCHS.update({family: functools.partial(_moe_classes.tiny_causal_lm, family)
+              for family in GENERIC_MOE})
 
 PROMPT = torch.tensor([[5, 17, 42, 99, 3]])          # 5 tokens
 NEXT = [torch.tensor([[7]]), torch.tensor([[250]])]  # two decode steps
