@@ -28,14 +28,7 @@ import json, sys, tempfile, warnings
 warnings.filterwarnings("ignore")
 import torch, t2n
 sys.path.insert(0, sys.argv[2])
-from _moe_classes import tiny_causal_lm
-
-class Logits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-    def forward(self, input_ids):
-        return self.model(input_ids, use_cache=False).logits
+from _moe_classes import Logits, tiny_causal_lm
 
 family = sys.argv[1]
 torch.manual_seed(0)

@@ -66,6 +66,17 @@ def build(module_name: str, class_name: str):
     raise RuntimeError(f"{class_name} does not build: {errors}")
 
 
+class Logits(torch.nn.Module):
+    """A causal LM without cache: input ids -> logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids, use_cache=False).logits
+
+
 # -- whole decoders at a tiny size, from their default configuration -------------------------
 TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256,

@@ -15,6 +15,7 @@ import transformers
 from transformers.integrations.moe import _default_apply_gate, grouped_mm_experts_forward
 
 import _moe_classes
+from _moe_classes import Logits
 
 import t2n
 from helpers import Lambda, assert_bundle_matches, run_bundle
@@ -55,17 +56,6 @@ STATIC_TOKENS = {"gpt_oss", "minimax"}
 def _model(name):
     torch.manual_seed(0)
     return FACTORIES[name]().eval()
-
-
-class Logits(torch.nn.Module):
-    """A causal LM without cache: input ids -> logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids):
-        return self.model(input_ids, use_cache=False).logits
 
 
 class Outputs(torch.nn.Module):
