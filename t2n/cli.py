@@ -19,8 +19,50 @@ _CONFIG_KEYS = {  # keys accepted in --config FILE.toml ([export] table or top l
     "f32_attn", "f32_norm", "f16_arithmetic", "input_names", "output_names", "check_io",
     "no_verify",
     "tract_binary", "dump_io", "overwrite", "compression", "compression_registry", "tgz_level",
-    "calibration_data", "calibration_samples", "observer",
+    "calibration_data", "calibration_samples", "calibration_seqlen", "seed", "device",
+    "compression_option", "observer",
 }
+
+
+def _calibration_options(fn):
+    """The calibration flags export and export-llm share."""
+    from t2n.calibrate.device import DEVICE_HELP
+    options = [
+        click.option("--calibration-data", metavar="FILE|FOLDER|hf:NAME",
+                     help="Data for calibrated compressions (imatrix/gptq/autoround_q4_0*, "
+                          "ptq_int8): a text file, a folder of .txt files, hf:DATASET from the "
+                          "local datasets cache, or an .npz/.safetensors of input_ids or model "
+                          "inputs. Default: text sampled from a causal LM itself."),
+        click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
+                     help="Calibration samples (token windows) [default: the method's]."),
+        click.option("--calibration-seqlen", type=click.IntRange(min=2), default=None,
+                     help="Tokens per calibration window [default: the method's]."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the calibration draw and of sampled calibration text."),
+        click.option("--compression-option", "compression_option", multiple=True,
+                     metavar="KEY=VALUE", help="Set a parameter of the compression (e.g. "
+                     "iters=50, damp=0.02); repeatable."),
+        click.option("--device", default="cpu", show_default=True,
+                     help=f"Where calibration runs: {DEVICE_HELP}."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _parse_compression_options(values) -> dict:
+    """``("iters=50", "damp=0.02")`` -> ``{"iters": "50", "damp": "0.02"}`` (converted to
+    each parameter's type by the registry)."""
+    if isinstance(values, dict):
+        return dict(values)
+    out = {}
+    for text in [values] if isinstance(values, str) else values or ():
+        key, sep, value = str(text).partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"bad --compression-option {text!r}", "write KEY=VALUE, e.g. "
+                              "iters=50")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
 
 
 def _setup_logging(verbose: int) -> None:
@@ -143,11 +185,7 @@ def _merged(ctx, config: dict, name: str, value):
 @click.option("-c", "--compression", help="Compression name (see 't2n compressions').")
 @click.option("--compression-registry", metavar="PKG.MOD:NAME",
               help="Registry of compressions, by dotted path.")
-@click.option("--calibration-data", type=click.Path(path_type=Path),
-              help="Inputs for calibrated compressions (ptq_int8): .npz/.safetensors with a "
-                   "sample axis first, or a text file (one sample per line).")
-@click.option("--calibration-samples", type=click.IntRange(min=1), default=128,
-              show_default=True, help="Calibration samples used at most.")
+@_calibration_options
 @click.option("--observer", type=click.Choice(["minmax", "percentile"]), default="minmax",
               show_default=True, help="How ptq_int8 turns observed values into ranges.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
@@ -191,7 +229,10 @@ def _export(ctx, config_file, flags):
         dump_io=bool(o["dump_io"]), overwrite=bool(o["overwrite"]),
         compression=o["compression"], compression_registry=o["compression_registry"],
         tgz_level=int(o["tgz_level"]), calibration_data=o["calibration_data"],
-        calibration_samples=int(o["calibration_samples"]), observer=o["observer"])
+        calibration_samples=o["calibration_samples"], calibration_seqlen=o["calibration_seqlen"],
+        seed=int(o["seed"]), device=o["device"],
+        compression_options=_parse_compression_options(o["compression_option"]),
+        observer=o["observer"])
     output = Path(o["output"])
     if output.exists() and not options.overwrite:
         raise OptionError(f"destination {output} already exists",
@@ -273,7 +314,8 @@ def compressions(ctx, compression_registry):
 
 # -- LLMs -------------------------------------------------------------------------------------
 _LLM_CONFIG_KEYS = {"model_slug", "export_dirpath", "dtype", "f32_attn", "f32_norm",
-                    "f16_arithmetic",
+                    "f16_arithmetic", "calibration_data", "calibration_samples",
+                    "calibration_seqlen", "seed", "device", "compression_option",
                     "compression", "compression_registry", "dump_with_tokenizer_and_conf",
                     "tract_check_io_tolerance", "no_verify", "overwrite", "num_logits_to_keep",
                     "export_dir_struct"}
@@ -318,7 +360,7 @@ def _llm_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return _calibration_options(fn)
 
 
 def _export_llm(ctx, config_file, flags):
@@ -346,6 +388,12 @@ def _export_llm(ctx, config_file, flags):
                         dump_tokenizer_and_conf=bool(o["dump_with_tokenizer_and_conf"]),
                         num_logits_to_keep=int(o["num_logits_to_keep"]),
                         export_dir_struct=o["export_dir_struct"],
+                        calibration_data=o["calibration_data"],
+                        calibration_samples=o["calibration_samples"],
+                        calibration_seqlen=o["calibration_seqlen"], seed=int(o["seed"]),
+                        device=o["device"],
+                        compression_options=_parse_compression_options(
+                            o["compression_option"]),
                         release=lambda: setattr(loaded, "module", None))
     size = result.path.stat().st_size / 1e6
     verdict = "not verified" if tolerance is None else f"verified in tract ({tolerance})"

@@ -35,9 +35,14 @@ class ExportOptions:
     compression: str | None = None
     compression_registry: str | None = None
     tgz_level: int = 0                       # gzip level of a .tgz bundle (0: stored)
-    # calibration of compressions that observe activations (ptq_int8): a file or samples
+    # calibration of compressions that observe activations (ptq_int8, imatrix, GPTQ,
+    # AutoRound): a file, a folder, hf:DATASET, or samples; None samples/seqlen: the method's
     calibration_data: object = None
-    calibration_samples: int = 128
+    calibration_samples: int | None = None
+    calibration_seqlen: int | None = None
+    seed: int = 0
+    device: str = "cpu"                      # where calibration work runs (cpu, cuda, cuda:N)
+    compression_options: dict = field(default_factory=dict)   # parameters of the compression
     observer: str = "minmax"
 
     def __post_init__(self):
@@ -70,13 +75,20 @@ class ExportOptions:
             raise OptionError(f"bad tgz level {self.tgz_level!r}", "use 0 (no compression) to 9")
         if self.calibration_data is not None and not self.compression:
             raise OptionError("--calibration-data given without --compression",
-                              "add -c ptq_int8 (or another calibrated compression)")
+                              "add -c ptq_int8, imatrix_q4_0_all, gptq_q4_0_all, ...")
         if self.observer not in ("minmax", "percentile"):
             raise OptionError(f"unknown observer {self.observer!r}",
                               "use one of: minmax, percentile")
-        if not (isinstance(self.calibration_samples, int) and self.calibration_samples >= 1):
-            raise OptionError(f"bad calibration sample count {self.calibration_samples!r}",
-                              "give a count of 1 or more")
+        for key, low in (("calibration_samples", 1), ("calibration_seqlen", 2)):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, int) and value >= low):
+                raise OptionError(f"bad {key.replace('_', ' ')} {value!r}",
+                                  f"give {low} or more")
+        if self.compression_options and not self.compression:
+            raise OptionError("--compression-option given without --compression",
+                              "add -c NAME (see 't2n compressions')")
+        from t2n.calibrate.device import check_device
+        check_device(self.device)
         if self.compression_registry and not self.compression:
             raise OptionError("--compression-registry given without --compression",
                               "add -c NAME (see 't2n compressions')")

@@ -162,15 +162,15 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         raise OptionError(f"dynamic axes name unknown input(s) {', '.join(unknown)}",
                           f"inputs are: {', '.join(names)}")
 
-    float_outputs = None
+    float_outputs = calibration = None
     if options.compression:
         compress.load_registry(options.compression_registry)  # fail fast on a bad registry
-        calibration = None
-        if options.calibration_data is not None:
-            from t2n.compress.ptq import calibration_from
-            calibration = calibration_from(
-                options.calibration_data, samples=options.calibration_samples,
-                observer=options.observer, args=args, kwargs=kwargs, tokenizer=tokenizer)
+        from t2n.calibrate.stage import calibration_stage
+        calibration = calibration_stage(
+            options.compression, options.compression_registry, data=options.calibration_data,
+            samples=options.calibration_samples, seqlen=options.calibration_seqlen,
+            seed=options.seed, device=options.device, observer=options.observer,
+            model=module, tokenizer=tokenizer, args=args, kwargs=kwargs)
         with torch.no_grad():
             float_outputs = [t.detach().numpy() for t in
                              _flatten_outputs(module(*args, **kwargs))[0]]
@@ -178,7 +178,8 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
             module = compress.apply(module, options.compression,
                                     registry_path=options.compression_registry,
                                     tokenizer=tokenizer, export_dirpath=path,
-                                    local_dir=None, calibration=calibration)
+                                    local_dir=None, calibration=calibration,
+                                    options=options.compression_options)
 
     eager_reference = None
     if int8.is_eager_quantized(module):
@@ -265,6 +266,8 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
                                                 _kept_failed(folder, path, options.dump_io))
         with stages("publish", lambda: f"{path} ({bundle_mod.bundle_format(path)})"):
             bundle.path = bundle_mod.publish(folder, path, options.tgz_level)
+        from t2n.calibrate.stage import write_report
+        write_report(calibration, bundle.path)
     except BaseException:
         bundle_mod.discard(folder)
         raise
@@ -370,8 +373,9 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
            compression_registry=None, check_io="auto", overwrite: bool = False,
            dump_io: bool = False, tract_binary: str | None = None, f32_attention: bool = False,
            f32_norm: bool = False, f16_arithmetic: str = "f32", tgz_level: int = 0,
-           calibration_data=None,
-           calibration_samples: int = 128, observer: str = "minmax",
+           calibration_data=None, calibration_samples: int | None = None,
+           calibration_seqlen: int | None = None, seed: int = 0, device: str = "cpu",
+           compression_options=None, observer: str = "minmax",
            tokenizer=None, symbol_min=None) -> ExportResult:
     """Export ``model`` called on ``args`` (a tensor or a tuple) to an NNEF bundle at ``path``.
 
@@ -379,8 +383,13 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
     "auto" (the CLI's default: approximate, very for f16) or None/False to skip running the
     bundle in tract. Raises subclasses of T2NError.
 
-    ``calibration_data`` (for ``compression="ptq_int8"``): an .npz/.safetensors file, a text
-    file (models with a tokenizer) or a list of input samples; see t2n.compress.ptq.
+    ``calibration_data`` (calibrated compressions: ptq_int8, imatrix/gptq/autoround_q4_0*): a
+    text file or folder, ``hf:DATASET``, an .npz/.safetensors file or a list of input samples
+    (see t2n.calibrate.data); ``calibration_samples``/``calibration_seqlen`` default to the
+    method's own sizes, ``seed`` makes the draw repeatable, ``device`` (cpu, cuda, cuda:N) is
+    where the calibration work runs. ``compression_options`` ({key: value}) set the
+    compression's parameters. A calibrated compression's report is written beside the bundle
+    (``NAME.calibration.json``).
     A model converted by ``torch.ao.quantization`` (eager mode) is exported as an 8-bit graph.
     ``tokenizer`` is handed to compression functions and reads a text calibration file.
     A compression changes ``model`` in place (as registry functions do): pass a copy to keep
@@ -405,7 +414,9 @@ def export(model: torch.nn.Module, args, path, *, kwargs=None, input_names=None,
         dump_io=dump_io,
         overwrite=overwrite, compression=compression, compression_registry=compression_registry,
         tgz_level=tgz_level, calibration_data=calibration_data,
-        calibration_samples=calibration_samples, observer=observer)
+        calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
+        seed=seed, device=device, compression_options=dict(compression_options or {}),
+        observer=observer)
     with kept_modes(model):
         return export_loaded(float_copy_for(model, dtype), args, path, options, kwargs=kwargs,
                              tokenizer=tokenizer)

@@ -14,12 +14,10 @@ percentile of the values at each end, clipping rare outliers).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from t2n.calibrate.data import OBSERVERS, Calibration, calibration_from
 from t2n.compress.registry import BUILTIN
 from t2n.errors import CompressionError
 from t2n.quant.int8 import QuantizedConv, QuantizedLinear, set_submodule
@@ -29,107 +27,8 @@ __all__ = ["Calibration", "OBSERVERS", "ptq_int8", "activation_qparams", "weight
 
 log = logging.getLogger("t2n.compress")
 
-OBSERVERS = ("minmax", "percentile")
 ACT_DTYPE, WEIGHT_DTYPE = torch.quint8, torch.qint8
 _SAMPLE_CAP = 1 << 20   # values kept per tensor for the percentile observer
-
-
-@dataclass
-class Calibration:
-    """Representative inputs: each sample is ``(args, kwargs)`` for one forward call."""
-    samples: list = field(default_factory=list)
-    observer: str = "minmax"
-    percentile: float = 99.99
-
-    def __post_init__(self):
-        if self.observer not in OBSERVERS:
-            raise CompressionError(f"unknown observer {self.observer!r}",
-                                   f"use one of: {', '.join(OBSERVERS)}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise CompressionError(f"percentile {self.percentile} is out of range",
-                                   "give a value in (50, 100], e.g. 99.99")
-
-
-def calibration_from(data, *, samples: int = 128, observer: str = "minmax",
-                     percentile: float = 99.99, args=(), kwargs=None,
-                     tokenizer=None) -> Calibration:
-    """Calibration samples shaped like the example inputs (``args``/``kwargs``).
-
-    ``data``: an .npz/.safetensors file with one array per example input (by input name, or
-    ``input_0``, ``input_1``, ... for positional ones) whose axis 0 runs over the samples (each
-    sample keeps axis 0 with size 1); a text file (one sample per non-empty line, through the
-    tokenizer; for text models); or a list of ready samples (a tensor, a tuple of tensors, or
-    a dict of keyword tensors each). At most ``samples`` samples are used.
-    """
-    kwargs = dict(kwargs or {})
-    if isinstance(data, (str, Path)):
-        path = Path(data)
-        if not path.is_file():
-            raise CompressionError(f"calibration data {path} does not exist", "check the path")
-        if path.suffix in (".npz", ".safetensors"):
-            items = _array_samples(path, args, kwargs)
-        else:
-            items = _text_samples(path, kwargs, tokenizer)
-    else:
-        items = [_one_sample(x) for x in data]
-    if samples is not None:
-        if samples < 1:
-            raise CompressionError(f"--calibration-samples {samples}", "give 1 or more")
-        items = items[:samples]
-    if not items:
-        raise CompressionError(f"calibration data {data} holds no sample",
-                               "give at least one input sample")
-    return Calibration(items, observer, percentile)
-
-
-def _one_sample(x):
-    if isinstance(x, torch.Tensor):
-        return (x,), {}
-    if isinstance(x, dict):
-        return (), dict(x)
-    return tuple(x), {}
-
-
-def _array_samples(path: Path, args, kwargs) -> list:
-    from t2n.errors import LoadError
-    from t2n.load import read_example_inputs
-    try:
-        arrays = read_example_inputs(path)
-    except LoadError as e:
-        raise CompressionError(f"calibration data: {e.message}", e.hint) from e
-    names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise CompressionError(f"calibration data {path} lacks {', '.join(missing)}",
-                               f"store one array per input: {', '.join(names)}")
-    counts = {arrays[n].shape[0] if arrays[n].dim() else 0 for n in names}
-    if len(counts) != 1 or 0 in counts:
-        raise CompressionError(f"calibration arrays in {path} differ in their sample count "
-                               "(axis 0)", "stack the same number of samples for every input")
-    examples = list(args) + list(kwargs.values())
-    for n, ex in zip(names, examples):
-        if arrays[n].dim() != ex.dim() or arrays[n].dtype != ex.dtype:
-            raise CompressionError(
-                f"calibration input {n} is {arrays[n].dtype} rank {arrays[n].dim()}, the "
-                f"example is {ex.dtype} rank {ex.dim()}", "store samples like the example")
-    out = []
-    for i in range(counts.pop()):
-        values = [arrays[n][i:i + 1] for n in names]
-        out.append((tuple(values[:len(args)]), dict(zip(kwargs, values[len(args):]))))
-    return out
-
-
-def _text_samples(path: Path, kwargs, tokenizer) -> list:
-    if tokenizer is None:
-        raise CompressionError(f"calibration text {path} needs a model with a tokenizer",
-                               "give an .npz of inputs instead")
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    keys = list(kwargs) or ["input_ids"]
-    out = []
-    for line in lines:
-        enc = tokenizer([line], return_tensors="pt")
-        out.append(((), {k: enc[k] for k in keys if k in enc}))
-    return out
 
 
 class _Observer:
@@ -194,7 +93,9 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def ptq_int8(model: nn.Module, tokenizer=None, export_dirpath=None, local_dir=None, *,
              calibration: Calibration | None = None, **_):
     """8-bit PTQ, per tensor: Linear/Conv weights and their input/output activations"""
-    if calibration is None or not calibration.samples:
+    if calibration is not None and not calibration.data_free:
+        calibration.load(128)
+    if calibration is None or calibration.data_free or not calibration.samples:
         raise CompressionError("ptq_int8 needs calibration inputs",
                                "pass --calibration-data FILE (.npz of inputs, or a text file "
                                "for a model with a tokenizer)")

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from t2n.errors import CompressionError, LoadError
 from t2n.memory import drop_weight_pages, free_memory
 
-__all__ = ["BUILTIN", "load_registry", "resolve", "apply", "describe"]
+__all__ = ["BUILTIN", "load_registry", "resolve", "apply", "describe", "bind_options",
+           "option_names", "takes_calibration"]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ def describe(registry: Mapping) -> list[tuple[str, str]]:
 
 
 def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
-          export_dirpath=None, local_dir=None, calibration=None):
+          export_dirpath=None, local_dir=None, calibration=None, options=None):
     """Run compression ``name`` on ``model``; returns the compressed model.
+
+    ``options`` (``{key: value}``, values may be text) set keyword parameters of the function:
+    an unknown key is an error listing the valid ones.
 
     ``calibration`` (t2n.compress.ptq.Calibration: representative inputs and the observer) is
     passed as the keyword ``calibration`` to functions that declare it or take ``**kwargs``.
@@ -73,9 +77,10 @@ def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
     """
     registry = load_registry(registry_path)
     fn = resolve(name, registry, registry_path)
+    extra = bind_options(fn, name, options)
     drop_weight_pages(model)
-    extra = {"calibration": calibration} if calibration is not None and _takes(
-        fn, "calibration") else {}
+    if calibration is not None and _takes(fn, "calibration"):
+        extra["calibration"] = calibration
     try:
         # keywords, as torch-to-nnef calls them: registries written as fn(model, **kwargs) work
         result = fn(model, tokenizer=tokenizer, export_dirpath=export_dirpath,
@@ -87,8 +92,21 @@ def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
                                "check the registry function; -v shows the traceback") from e
     if result is None:
         result = model  # functions that change the model in place
+    if calibration is not None:
+        calibration.loader = None   # its closure holds the model
+        if calibration.report:
+            calibration.report["compression"] = name
     free_memory()
     return result
+
+
+def takes_calibration(fn) -> bool:
+    """Whether ``fn`` declares a ``calibration`` parameter (a calibrated compression)."""
+    import inspect
+    try:
+        return "calibration" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _takes(fn, keyword: str) -> bool:
@@ -98,3 +116,64 @@ def _takes(fn, keyword: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)
+
+
+_FIXED = {"model", "tokenizer", "export_dirpath", "local_dir", "calibration"}
+
+
+def option_names(fn) -> list[str]:
+    """The keyword parameters of a compression function a user may set (its options)."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.name not in _FIXED
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def bind_options(fn, name: str, options: Mapping | None) -> dict:
+    """``options`` checked against ``fn``'s parameters and converted to the type of each
+    default (values given as text, like ``--compression-option iters=50``, become numbers)."""
+    import inspect
+    if not options:
+        return {}
+    valid = option_names(fn)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise CompressionError(
+            f"compression {name!r} has no option {', '.join(map(repr, unknown))}",
+            f"valid options: {', '.join(valid)}" if valid else f"{name!r} takes no options")
+    params = inspect.signature(fn).parameters
+    return {k: _convert(k, v, params[k]) for k, v in options.items()}
+
+
+def _convert(key: str, value, param):
+    if not isinstance(value, str):
+        return value
+    default = param.default
+    kind = param.annotation if isinstance(param.annotation, type) else (
+        type(default) if default is not param.empty and default is not None else None)
+    text = value.strip()
+    if text.lower() in ("none", "null") and (default is None or kind is None):
+        return None
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind in (int, float):
+            return kind(text)
+    except ValueError:
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise CompressionError(f"option {key}={value!r} is not {article} {kind.__name__}",
+                               f"give {key}=<{kind.__name__}>") from None
+    if kind is None:
+        import ast
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return text

@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from t2n import compress, verify
+from t2n.calibrate.stage import calibration_stage, write_report
 from t2n.compat import cache_argument, warn_untested
 from t2n.errors import OptionError, WriteError
 from t2n.llm.runtime import LLMBundle
@@ -59,7 +60,9 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                f16_arithmetic="f32",
                check_io="auto", overwrite=False, dump_tokenizer_and_conf=False,
                num_logits_to_keep: int = 1, export_dir_struct: str = "deep",
-               tgz_level: int = 0, release=None) -> LLMExportResult:
+               tgz_level: int = 0, calibration_data=None, calibration_samples=None,
+               calibration_seqlen=None, seed: int = 0, device: str = "cpu",
+               compression_options=None, release=None) -> LLMExportResult:
     """Export a transformers causal LM with its KV cache as inputs/outputs to ``export_dir``.
 
     ``tokenizer`` (may be None unless ``dump_tokenizer_and_conf``) gives the example tokens and
@@ -71,6 +74,13 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
 
     The caller's model keeps its train/eval modes and dtype (a ``dtype`` conversion works on a
     copy); a ``compression`` changes it in place, as registry functions do.
+
+    Calibrated compressions (imatrix/gptq/autoround_q4_0*) read ``calibration_data`` (a text
+    file or folder, ``hf:DATASET``, or an .npz of ``input_ids`` windows; None samples text from
+    the model itself) in ``calibration_samples`` windows of ``calibration_seqlen`` tokens (the
+    method's defaults when None), drawn with ``seed``, and work on ``device``;
+    ``compression_options`` set the compression's parameters. Their report is written beside
+    the bundle (``model/model.calibration.json``).
 
     Memory: the weights go to the bundle tensor by tensor (no second copy), and torch's model
     is dropped before tract loads the bundle. A caller holding the only other reference to
@@ -89,7 +99,11 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     options = ExportOptions(dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
                             f16_arithmetic=f16_arithmetic,
                             check_io=resolve_tolerance(check_io, dtype, compression, llm=True),
-                            tgz_level=tgz_level)
+                            tgz_level=tgz_level, calibration_data=calibration_data,
+                            calibration_samples=calibration_samples,
+                            calibration_seqlen=calibration_seqlen, seed=seed, device=device,
+                            compression_options=dict(compression_options or {}),
+                            compression=compression)
     if compression_registry and not compression:
         raise OptionError("compression_registry given without compression",
                           "add compression=NAME (see 't2n compressions')")
@@ -128,13 +142,19 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         args = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
         timings: dict[str, float] = {}
 
-        quantization = None
+        quantization = calibration = None
         if compression:
             t0 = time.perf_counter()
             with torch.no_grad():
                 float_out = [t.numpy() for t in wrapper(*args)]
+            calibration = calibration_stage(
+                compression, compression_registry, data=calibration_data,
+                samples=calibration_samples, seqlen=calibration_seqlen, seed=seed,
+                device=device, observer="minmax", model=wrapper.model, tokenizer=tokenizer,
+                lm=True, entry="model")
             wrapper = compress.apply(wrapper, compression, registry_path=compression_registry,
-                                     tokenizer=tokenizer, export_dirpath=export_dir, local_dir=None)
+                                     tokenizer=tokenizer, export_dirpath=export_dir, local_dir=None,
+                                     calibration=calibration, options=compression_options)
             wrapper.eval()
             with torch.no_grad():
                 quantized = [t.numpy() for t in wrapper(*args)]
@@ -174,6 +194,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                 exported.verification = modes.pop("export")
                 timings["verify"] = time.perf_counter() - t0
             os.replace(exported.path, bundle_path)
+            write_report(calibration, bundle_path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             for folder in reversed(created):

@@ -249,6 +249,21 @@ class Q4_0Tensor(torch.Tensor):
             out[start:start + chunk] = _pack_blocks(*quantize(x, d))
         return cls(packed.to(tensor.device), shape, tensor.dtype)
 
+    @classmethod
+    def from_blocks(cls, d, q, shape, dtype: torch.dtype = torch.float32) -> Q4_0Tensor:
+        """The blocks as given: scales ``d [n]`` (rounded to float16) and levels ``q [n, 32]``
+        in -8..7 (not necessarily the nearest ones: calibrated methods choose them)."""
+        d = np.asarray(d.detach().cpu() if isinstance(d, torch.Tensor) else d, np.float32)
+        q = np.asarray(q.detach().cpu() if isinstance(q, torch.Tensor) else q)
+        n = int(np.prod(shape)) // BLOCK
+        if d.shape != (n,) or q.shape != (n, BLOCK):
+            raise ValueError(f"a {tuple(shape)} Q4_0 weight takes d [{n}] and q [{n}, {BLOCK}], "
+                             f"got {d.shape} and {q.shape}")
+        if q.size and (q.min() < -8 or q.max() > 7):
+            raise ValueError("Q4_0 levels run from -8 to 7")
+        packed = _pack_blocks((q + 8).astype(np.uint8), _scales(d, n))
+        return cls(torch.from_numpy(packed), shape, dtype)
+
     @property
     def blocks(self) -> tuple[np.ndarray, np.ndarray]:
         """``(q uint8 [n_blocks, 32], d float16 [n_blocks])``."""

@@ -1,0 +1,67 @@
+"""imatrix_q4_0: Q4_0 scales searched per 32-block for the least error weighted by how strongly
+each input column is driven (the importance matrix: the mean of x^2 of the layer's inputs over
+the calibration tokens), as llama.cpp's imatrix quantization does; see q4_0_fit.fit_scales.
+
+``weighting``: ``imatrix`` weights column j by its mean square input (the expected output
+error of the block, cross terms left out); ``llama`` multiplies that by
+``sqrt(sigma^2 + x_j^2)`` (the row's weight variance plus the weight's square), llama.cpp's
+own choice for Q4_0, which also favours large weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from t2n.compress.blockwise import ALL, LINEAR, CommonOptions, Method, entry
+from t2n.compress.q4_0_fit import BLOCK, fit_scales
+from t2n.compress.registry import BUILTIN
+from t2n.errors import CompressionError
+
+__all__ = ["Imatrix", "ImatrixOptions", "imatrix_weights"]
+
+WEIGHTINGS = ("imatrix", "llama")
+
+
+@dataclass(frozen=True)
+class ImatrixOptions(CommonOptions):
+    weighting: str = "imatrix"
+    steps: int = 16          # candidate scales per orientation
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weighting not in WEIGHTINGS:
+            raise CompressionError(f"option weighting={self.weighting!r}",
+                                   f"use one of: {', '.join(WEIGHTINGS)}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise CompressionError(f"option steps={self.steps!r}", "give a positive integer")
+
+
+def imatrix_weights(weight: torch.Tensor, importance: torch.Tensor | None,
+                    weighting: str = "imatrix") -> torch.Tensor | None:
+    """Per-value weights ``[n_blocks, 32]`` of the error of ``weight [out, k]``."""
+    if importance is None:
+        return None
+    w = importance.reshape(1, -1).expand(weight.shape[0], -1)
+    if weighting == "llama":
+        sigma2 = (weight * weight).mean(dim=1, keepdim=True)
+        w = w * torch.sqrt(sigma2 + weight * weight)
+    return w.reshape(-1, BLOCK)
+
+
+class Imatrix(Method):
+    name = "imatrix"
+
+    def quantize_layer(self, name, module, weight, stat):
+        w = imatrix_weights(weight, self.importance(stat), self.options.weighting)
+        return fit_scales(weight.reshape(-1, BLOCK), w, steps=self.options.steps)
+
+
+BUILTIN.update({
+    "imatrix_q4_0": entry(Imatrix, ImatrixOptions, LINEAR,
+                          "Q4_0 on Linear, scales searched for the least error weighted by the "
+                          "calibration inputs' importance (imatrix)"),
+    "imatrix_q4_0_all": entry(Imatrix, ImatrixOptions, ALL,
+                              "Q4_0 on Linear, Embedding, Conv1d, Conv2d, imatrix-weighted scale "
+                              "search (tied weights through their Linear)"),
+})

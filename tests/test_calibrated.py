@@ -1,0 +1,257 @@
+"""Calibrated Q4_0 (imatrix, GPTQ, AutoRound): the math on single layers, the block-by-block
+driver, and exports of a tiny Llama, a BERT encoder and a CNN whose bundles tract runs."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from t2n import compress
+from t2n.calibrate.blocks import Blockwise, find_blocks
+from t2n.calibrate.data import calibration_for, token_windows
+from t2n.compress.gptq import gptq_q4_0_weight
+from t2n.compress.q4_0_fit import f16, fit_scales, levels, rtn_scales, weighted_error
+from t2n.errors import CompressionError
+from t2n.llm import export_llm
+from t2n.quant.q4_0 import Q4_0Tensor
+
+METHODS = ["imatrix_q4_0_all", "gptq_q4_0_all", "autoround_q4_0_all"]
+FAST = {"autoround_q4_0_all": {"iters": 8}}
+
+
+def tiny_llama(tied=True, layers=2):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      tie_word_embeddings=tied, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def correlated_inputs(n=2048, k=128, seed=0):
+    """Inputs with a few strong, correlated columns: where input-aware methods pay off."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 8, generator=g)
+    mix = torch.randn(8, k, generator=g)
+    scale = torch.ones(k)
+    scale[::16] = 8.0
+    return (base @ mix + 0.3 * torch.randn(n, k, generator=g)) * scale
+
+
+def output_error(w, q_w, x):
+    return float(((x @ (w - q_w).T) ** 2).mean())
+
+
+# -- the math ---------------------------------------------------------------------------------
+def test_fit_scales_never_worse_than_round_to_nearest_and_stores_f16_scales():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4096, 32, generator=g) * torch.rand(4096, 1, generator=g)
+    w = torch.rand(1, 32, generator=g) ** 4
+    d, q = fit_scales(x, w)
+    rtn = rtn_scales(x)
+    ours = weighted_error(x, w, d, q)
+    base = weighted_error(x, w, rtn, levels(x, rtn))
+    assert (ours <= base * (1 + 1e-4) + 1e-9).all()   # float32 rounding of the sums
+    assert float(ours.sum()) < 0.8 * float(base.sum())
+    assert torch.equal(d, f16(d)) and q.min() >= -8 and q.max() <= 7
+    # the weights matter: fitted for uniform weights, the weighted error is larger
+    d_u, q_u = fit_scales(x)
+    assert float(weighted_error(x, w, d_u, q_u).sum()) > float(ours.sum())
+
+
+def test_fit_scales_keeps_zero_blocks_exact():
+    x = torch.zeros(3, 32)
+    x[1, 5] = 0.25
+    d, q = fit_scales(x)
+    assert torch.equal(q[0], torch.zeros(32)) and torch.allclose(q[1] * d[1], x[1])
+
+
+@pytest.mark.parametrize("act_order", [False, True], ids=["in-order", "act-order"])
+def test_gptq_beats_imatrix_and_rtn_on_the_layer_output(act_order):
+    torch.manual_seed(0)
+    w = torch.randn(96, 128) * 0.05
+    x = correlated_inputs()
+    h = x.T @ x / len(x)
+    d, q = gptq_q4_0_weight(w, h, act_order=act_order)
+    assert torch.equal(d, f16(d)) and q.min() >= -8 and q.max() <= 7
+    gptq = (q * d[:, None]).reshape(w.shape)
+    rtn_d = rtn_scales(w.reshape(-1, 32))
+    rtn = (levels(w.reshape(-1, 32), rtn_d) * rtn_d[:, None]).reshape(w.shape)
+    imp = torch.diag(h).reshape(1, -1).expand(96, -1).reshape(-1, 32)
+    im_d, im_q = fit_scales(w.reshape(-1, 32), imp)
+    imatrix = (im_q * im_d[:, None]).reshape(w.shape)
+    e_gptq, e_im, e_rtn = (output_error(w, t, x) for t in (gptq, imatrix, rtn))
+    assert e_gptq < 0.7 * e_im < 0.7 * e_rtn, (e_gptq, e_im, e_rtn)
+    # the stored blocks decode to the same weight Q4_0Tensor holds
+    t = Q4_0Tensor.from_blocks(d, q, w.shape)
+    assert torch.equal(t.dequantize(), gptq)
+
+
+def test_gptq_survives_dead_inputs():
+    w = torch.randn(32, 64)
+    x = torch.randn(256, 64)
+    x[:, 3] = 0
+    d, q = gptq_q4_0_weight(w, x.T @ x)
+    assert torch.isfinite(d).all() and q.shape == (64, 32)
+
+
+# -- the driver -------------------------------------------------------------------------------
+def test_blocks_are_the_decoder_layers_and_a_plain_model_is_one_block():
+    model = tiny_llama()
+    assert [n for n, _ in find_blocks(model)] == ["model.layers.0", "model.layers.1"]
+    plain = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    assert find_blocks(plain) == []
+    # a ModuleList of unlike modules is no stack of blocks (the look-alike)
+    mixed = nn.Module()
+    mixed.parts = nn.ModuleList([nn.Linear(4, 4), nn.Conv1d(4, 4, 1)])
+    assert find_blocks(mixed) == []
+
+
+def test_capture_records_each_block_and_runs_no_block():
+    model = tiny_llama()
+    cal = calibration_for(None, model=model, lm=True, samples=4, seqlen=12, seed=0)
+    cal.load()
+    runner = Blockwise(model, "", cal.batches(2), "cpu")
+    calls = []
+    hooks = [b.mlp.register_forward_hook(lambda *a: calls.append(1)) for _, b in runner.blocks]
+    runner.capture()
+    for h in hooks:
+        h.remove()
+    assert len(runner.hidden) == 2 and runner.hidden[0].shape == (2, 12, 64)
+    assert all(len(c) == 2 for c in runner.calls)
+    assert len(calls) <= 1   # at most one real call, to learn what a block returns
+    # block 0 rerun on the captured inputs gives the float model's hidden states
+    with torch.no_grad():
+        ref = model(cal.token_ids[:2], output_hidden_states=True, use_cache=False)
+    out = runner.run_block(0, model.model.layers[0])[0]
+    torch.testing.assert_close(out, ref.hidden_states[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_methods_quantize_tied_weights_once_and_report_per_block(name):
+    model = tiny_llama()
+    ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids).logits
+    rtn = compress.apply(copy.deepcopy(model), "signed_max_q4_0_all")
+    cal = calibration_for(None, model=model, lm=True, samples=8, seqlen=32, seed=0)
+    out = compress.apply(model, name, calibration=cal, options=FAST.get(name))
+    assert isinstance(out.lm_head.weight, Q4_0Tensor)
+    assert out.lm_head.weight is out.model.embed_tokens.weight
+    assert all(isinstance(m.weight, Q4_0Tensor) for m in out.modules() if isinstance(m, nn.Linear))
+    report = cal.report
+    assert report["compression"] == name and len(report["blocks"]) == 2
+    assert report["calibration"]["tokens"] == 8 * 32
+    for b in report["blocks"]:
+        assert 0 <= b["loss"] and 0 < b["loss_rtn"]
+    with torch.no_grad():
+        err = float(((out(ids).logits - ref) ** 2).mean())
+        err_rtn = float(((rtn(ids).logits - ref) ** 2).mean())
+    assert np.isfinite(err) and err < 2 * err_rtn
+
+
+def test_gptq_and_autoround_lower_the_block_error_below_round_to_nearest():
+    for name in ("gptq_q4_0_all", "autoround_q4_0_all"):
+        model = tiny_llama()
+        cal = calibration_for(None, model=model, lm=True, samples=8, seqlen=32, seed=0)
+        compress.apply(model, name, calibration=cal, options=FAST.get(name))
+        for b in cal.report["blocks"]:
+            assert b["loss"] < b["loss_rtn"], (name, b)
+
+
+def test_autoround_keeps_the_best_step_so_it_never_loses_to_its_start():
+    base = tiny_llama()
+    results = {}
+    for iters in (0, 12):
+        cal = calibration_for(None, model=base, lm=True, samples=8, seqlen=32, seed=0)
+        compress.apply(copy.deepcopy(base), "autoround_q4_0", calibration=cal,
+                       options={"iters": iters, "target": "quantized"})
+        results[iters] = [b["loss"] for b in cal.report["blocks"]]
+    # step 0 (imatrix scales) is a candidate of the learned run: block 0 is never worse
+    assert results[12][0] <= results[0][0] * 1.0001
+
+
+def test_data_free_samples_are_seeded():
+    model = tiny_llama()
+    a = calibration_for(None, model=model, lm=True, samples=3, seqlen=10, seed=5)
+    b = calibration_for(None, model=model, lm=True, samples=3, seqlen=10, seed=5)
+    c = calibration_for(None, model=model, lm=True, samples=3, seqlen=10, seed=6)
+    a.load(), b.load(), c.load()
+    assert torch.equal(a.token_ids, b.token_ids) and not torch.equal(a.token_ids, c.token_ids)
+    assert a.token_ids.shape == (3, 10) and a.digest == b.digest
+
+
+def test_token_windows_draw_is_seeded_and_in_order():
+    ids = torch.arange(1000)
+    w = token_windows(ids, 4, 100, seed=1)
+    assert w.shape == (4, 100) and torch.equal(w, token_windows(ids, 4, 100, seed=1))
+    starts = w[:, 0].tolist()
+    assert starts == sorted(starts) and all(s % 100 == 0 for s in starts)
+    with pytest.raises(CompressionError, match="fewer than one sample"):
+        token_windows(torch.arange(50), 4, 100, seed=0)
+
+
+# -- options ----------------------------------------------------------------------------------
+def test_compression_options_are_checked_and_converted():
+    from t2n.compress.registry import bind_options
+    fn = compress.BUILTIN["autoround_q4_0_all"]
+    assert bind_options(fn, "x", {"iters": "5", "lr": "0.01", "target": "quantized"}) == {
+        "iters": 5, "lr": 0.01, "target": "quantized"}
+    with pytest.raises(CompressionError, match="valid options: samples, seqlen, batch_size"):
+        bind_options(fn, "x", {"iterations": "5"})
+    with pytest.raises(CompressionError, match="not an int"):
+        bind_options(fn, "x", {"iters": "many"})
+    gptq = compress.BUILTIN["gptq_q4_0_all"]
+    assert bind_options(gptq, "g", {"act_order": "true"}) == {"act_order": True}
+    with pytest.raises(CompressionError, match="takes no options"):
+        bind_options(compress.BUILTIN["min_max_q4_0"], "m", {"x": "1"})
+
+
+def test_partial_registry_entries_keep_working_with_options():
+    registry = {"gptq_damped": functools.partial(compress.BUILTIN["gptq_q4_0"], damp=0.1)}
+    from t2n.compress.registry import bind_options
+    assert bind_options(registry["gptq_damped"], "gptq_damped", {"damp": "0.05"}) == {
+        "damp": 0.05}
+    model = tiny_llama(layers=1)
+    cal = calibration_for(None, model=model, lm=True, samples=2, seqlen=16)
+    import sys
+    import types
+    mod = types.ModuleType("t2n_test_partial_registry")
+    mod.REGISTRY = registry
+    sys.modules[mod.__name__] = mod
+    try:
+        compress.apply(model, "gptq_damped", registry_path=f"{mod.__name__}:REGISTRY",
+                       calibration=cal)
+    finally:
+        del sys.modules[mod.__name__]
+    assert cal.report["options"]["damp"] == 0.1
+
+
+def test_bad_option_values_are_refused():
+    fn = compress.BUILTIN["autoround_q4_0"]
+    model = tiny_llama(layers=1)
+    for opts, match in (({"preset": "slowest"}, "preset"), ({"target": "x"}, "target"),
+                        ({"min_scale": 2.0}, "min_scale")):
+        with pytest.raises(CompressionError, match=match):
+            fn(model, calibration=calibration_for(None, model=model, lm=True), **opts)
+
+
+# -- exports that tract runs ------------------------------------------------------------------
+@pytest.mark.parametrize("name", METHODS)
+def test_export_llm_with_a_calibrated_method_verifies_in_tract(tmp_path, name):
+    text = tmp_path / "calib.txt"
+    model = tiny_llama()
+    result = export_llm(model, None, tmp_path / "llm", compression=name,
+                        calibration_samples=4, calibration_seqlen=16,
+                        compression_options=FAST.get(name))
+    assert all(m.passed for m in result.modes.values())
+    assert "q4_0" in result.export.bundle.bytes_by_storage
+    report = json.loads((result.path.parent / "model.calibration.json").read_text())
+    assert report["compression"] == name and report["calibration"]["samples"] == 4
+    assert len(report["blocks"]) == 2 and "t2n_version" in report
+    assert not text.exists()
