@@ -4,6 +4,8 @@ each bundle, t2n versus torch-to-nnef 0.24.12, in the same run.
 
     .venv/bin/python scripts/bench_quality.py [--write-docs] [--no-ttn-f32]
         [--baseline-python /work/baseline-venv/bin/python] [--t2n .venv/bin/t2n] [--keep DIR]
+    .venv/bin/python scripts/bench_quality.py --calibrated [--write-docs]   # calibrated Q4_0
+        (imatrix, GPTQ, AutoRound) against llama.cpp and auto-round: scripts/_bench_calibrated.py
 
 Run it with the python of t2n's environment (torch, transformers, gguf and the tract bindings).
 torch-to-nnef lives in its own virtual environment: create it once with scripts/setup_baseline.sh.
@@ -629,7 +631,18 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="with --keep: do not re-export bundles already in it (development)")
     ap.add_argument("--timeout", type=float, default=1800, help="per export, seconds")
+    ap.add_argument("--calibrated", action="store_true",
+                    help="instead: calibrated Q4_0 (imatrix, GPTQ, AutoRound) against llama.cpp's "
+                         "imatrix quantizer and the auto-round package (scripts/"
+                         "_bench_calibrated.py; section bench_calibrated)")
+    ap.add_argument("--only", nargs="*", help="with --calibrated: only these t2n rows "
+                                              "(development)")
+    ap.add_argument("--no-tools", action="store_true",
+                    help="with --calibrated: skip llama.cpp and auto-round (development)")
     args = ap.parse_args()
+    if args.calibrated:
+        import _bench_calibrated
+        return _bench_calibrated.main(args, sys.modules[__name__])
     tract = import_tract()
     if tract is None:
         return 2

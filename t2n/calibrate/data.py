@@ -216,12 +216,13 @@ def _dataset_text(spec: str) -> str:
     """``NAME[:CONFIG][@SPLIT]`` from the local datasets cache, offline."""
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")   # read before the first import
     try:
         import datasets
     except ImportError:
         raise CompressionError(f"hf:{spec} needs the datasets library",
                                "pip install datasets, or give a text file") from None
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    datasets.config.HF_HUB_OFFLINE = True   # the local cache only, even if imported before
     try:
         ds = datasets.load_dataset(name, config or None, split=split or "train")
     except Exception as e:  # the library raises many kinds for a dataset it cannot find

@@ -50,6 +50,7 @@ class AutoRoundOptions(CommonOptions):
     min_scale: float = 0.5
     max_scale: float = 1.5
     target: str = "float"
+    amp: bool = True                 # the steps in bfloat16 where the device computes it natively
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -72,6 +73,19 @@ class AutoRoundOptions(CommonOptions):
         if self.target not in TARGETS:
             raise CompressionError(f"option target={self.target!r}",
                                    f"use one of: {', '.join(TARGETS)}")
+
+
+def _work_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the device multiplies it natively (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX), else float32 (emulated bf16 would be slower)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -137,30 +151,39 @@ class AutoRound(Method):
         best_loss = float("inf")
         best = {n: (lay.v.detach().clone(), lay.s.detach().clone()) for n, lay in layers.items()}
 
+        work = _work_dtype(runner.device) if o.amp else torch.float32
+        saved = [(t, t.data) for t in list(block.parameters()) + list(block.buffers())]
+        block.to(work)   # the exact float32 tensors come back after the steps
+
         def call(*args, **kwargs):
-            params = {f"{ctx.names[n]}.weight": lay.weight() for n, lay in layers.items()}
+            params = {f"{ctx.names[n]}.weight": lay.weight().to(work)
+                      for n, lay in layers.items()}
             return functional_call(block, params, args, kwargs)
-        with torch.enable_grad():
-            for step in range(o.iters):
-                b = int(torch.randint(len(runner.hidden), (1,), generator=g))
-                out = first_output(runner.calls[i][b].invoke(call, runner.hidden[b],
-                                                              runner.device))
-                loss = torch.mean((out.float() - targets[b].to(out.device).float()) ** 2)
-                value = float(loss.detach())
-                if value < best_loss:   # the parameters this loss was computed with
-                    best_loss = value
-                    best = {n: (lay.v.detach().clone(), lay.s.detach().clone())
-                            for n, lay in layers.items()}
-                loss.backward()
-                lr = o.lr * (1 - step / o.iters)
-                with torch.no_grad():
-                    for lay in layers.values():
-                        lay.v -= lr * torch.sign(lay.v.grad)
-                        lay.v.clamp_(-0.5, 0.5)
-                        lay.s -= lr * torch.sign(lay.s.grad)
-                        lay.s.clamp_(o.min_scale, o.max_scale)
-                        lay.v.grad = None
-                        lay.s.grad = None
+        try:
+            with torch.enable_grad():
+                for step in range(o.iters):
+                    b = int(torch.randint(len(runner.hidden), (1,), generator=g))
+                    out = first_output(runner.calls[i][b].invoke(call, runner.hidden[b],
+                                                                  runner.device, work))
+                    loss = torch.mean((out.float() - targets[b].to(out.device).float()) ** 2)
+                    value = float(loss.detach())
+                    if value < best_loss:   # the parameters this loss was computed with
+                        best_loss = value
+                        best = {n: (lay.v.detach().clone(), lay.s.detach().clone())
+                                for n, lay in layers.items()}
+                    loss.backward()
+                    lr = o.lr * (1 - step / o.iters)
+                    with torch.no_grad():
+                        for lay in layers.values():
+                            lay.v -= lr * torch.sign(lay.v.grad)
+                            lay.v.clamp_(-0.5, 0.5)
+                            lay.s -= lr * torch.sign(lay.s.grad)
+                            lay.s.clamp_(o.min_scale, o.max_scale)
+                            lay.v.grad = None
+                            lay.s.grad = None
+        finally:
+            for t, data in saved:
+                t.data = data
         return {n: lay.final(*best[n]) for n, lay in layers.items()}
 
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from t2n.calibrate.blocks import Blockwise
 from t2n.compress.q4_0_fit import BLOCK, fit_scales, levels, rtn_scales
 from t2n.errors import CompressionError
+from t2n.memory import free_memory
 from t2n.quant.q4_0 import Q4_0Tensor
 
 __all__ = ["Method", "quantize_blockwise", "LINEAR", "ALL", "columns_of", "Targets", "entry",
@@ -83,9 +84,8 @@ class Method:
     def quantize_layer(self, name: str, module: nn.Module, weight: torch.Tensor, stat):
         """``(d, q)`` for one weight ``[out, k]`` from its observations (None: not observed)."""
         imp = self.importance(stat)
-        blocks = weight.reshape(-1, BLOCK)
-        w = None if imp is None else imp.reshape(-1, BLOCK).repeat(weight.shape[0], 1)
-        return fit_scales(blocks, w)
+        return fit_scales(weight.reshape(-1, BLOCK), None if imp is None else
+                          imp.reshape(-1, BLOCK))
 
     def quantize_block(self, ctx: "BlockContext") -> dict:
         """``{layer name: (d, q)}`` for the layers of one block."""
@@ -163,7 +163,7 @@ def _set_float(module: nn.Module, weight: torch.Tensor) -> None:
 
 
 def _dequant(d, q, shape, dtype) -> torch.Tensor:
-    return (q * d[:, None]).reshape(shape).to(dtype)
+    return (q.to(dtype) * d[:, None].to(dtype)).reshape(shape)
 
 
 def _mse(outs: list, refs: list) -> float:
@@ -175,7 +175,22 @@ def _mse(outs: list, refs: list) -> float:
 
 def quantize_blockwise(model: nn.Module, calibration, method: Method, classes: tuple,
                        *, samples: int, seqlen: int, batch_size: int) -> nn.Module:
-    """Quantize the chosen weights of ``model`` to Q4_0 with ``method``, block by block."""
+    """Quantize the chosen weights of ``model`` to Q4_0 with ``method``, block by block; the
+    report also gives the peak resident memory of the work next to the model's bytes and one
+    block's activations."""
+    from t2n.memory import PeakRSS
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with PeakRSS() as rss:
+        _blockwise(model, calibration, method, classes, samples, seqlen, batch_size)
+    calibration.report.update(peak_rss_mib=rss.peak / 2**20, model_mib=model_bytes / 2**20)
+    return model
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors or () if t is not None)
+
+
+def _blockwise(model, calibration, method, classes, samples, seqlen, batch_size) -> None:
     if calibration is None:
         raise CompressionError(f"{method.name} needs calibration data",
                                "pass --calibration-data, or let t2n sample (export-llm)")
@@ -203,76 +218,102 @@ def quantize_blockwise(model: nn.Module, calibration, method: Method, classes: t
         if name in outside and isinstance(module, MULTIPLYING):
             method.observe(stats, name, module, x)
     runner.capture(observe_outside)
-    float_hidden = list(runner.hidden) if method.needs_float_targets else None
+    state = _State(list(runner.hidden) if method.needs_float_targets else None)
 
     report = {"method": method.name, "options": dataclasses.asdict(method.options),
               "calibration": calibration.describe(), "device": str(device), "blocks": []}
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
     bar = tqdm(runner.blocks, desc=method.name, unit="block", leave=False,
                disable=not log.isEnabledFor(logging.INFO))
-    for i, (block_name, block) in enumerate(bar):
-        t0 = time.perf_counter()
-        layers = {n: m for n, m in owners.items() if in_block.get(id(m)) == i}
-        originals = {n: m.weight for n, m in layers.items()}
-        dtype = _float_dtype(block)
-        block.to(device=device, dtype=torch.float32)   # the work is done in float32
-        handles = [m.register_forward_pre_hook(
-            lambda mod, args, n=n: method.observe(stats, n, mod, args[0]))
-            for n, m in layers.items()]
-        try:
-            refs = runner.run_block(i, block)
-        finally:
-            for h in handles:
-                h.remove()
-        float_targets = None
-        if float_hidden is not None:
-            float_targets = refs if i == 0 else runner.run_block(i, block, float_hidden)
-        weights = {n: m.weight.detach().reshape(m.weight.shape[0], -1)
-                   for n, m in layers.items()}
-        # before: GGML's round-to-nearest on this block
-        for n, m in layers.items():
-            d = rtn_scales(weights[n].reshape(-1, BLOCK))
-            _set_float(m, _dequant(d, levels(weights[n].reshape(-1, BLOCK), d),
-                                   originals[n].shape, torch.float32))
-        # the error is measured against what the method fits: the float model's own outputs
-        # (float_targets) or the float block on this block's quantized inputs (refs)
-        goal = float_targets if float_targets is not None else refs
-        before = _mse(runner.run_block(i, block), goal) if layers else 0.0
-        for n, m in layers.items():
-            m.weight = originals[n]
-        ctx = BlockContext(i, block, layers, {n: _relative(block, m) for n, m in layers.items()},
-                           weights, stats, runner, refs, float_targets, calibration.seed)
-        result = method.quantize_block(ctx)
-        for n, m in layers.items():
-            d, q = result[n]
-            _set_float(m, _dequant(d, q, originals[n].shape, torch.float32))
-        outs = runner.run_block(i, block)
-        after = _mse(outs, goal) if layers else 0.0
-        for n in layers:
-            targets.install(n, *(t.cpu() for t in result[n]), dtype)
-            stats.pop(n, None)
-        block.to(device="cpu", dtype=dtype)
-        runner.hidden = outs
-        if float_hidden is not None:
-            float_hidden = float_targets
-        seconds = time.perf_counter() - t0
-        report["blocks"].append({"block": block_name, "layers": len(layers),
-                                 "loss_rtn": before, "loss": after, "seconds": seconds})
-        bar.set_postfix(loss=f"{after:.2e}", rtn=f"{before:.2e}")
-        log.debug("%s block %s: output error %.3e (round-to-nearest %.3e), %.1fs",
-                  method.name, block_name, after, before, seconds)
+    with logging_redirect_tqdm():   # log lines printed above the bar, not through it
+        for i, (block_name, block) in enumerate(bar):
+            _one_block(i, block_name, block, method, runner, owners, in_block, stats, targets,
+                       device, calibration, report, bar, state)
+
     bar.close()
     _quantize_outside(model, runner, outside, stats, method, targets)
     report["seconds"] = time.perf_counter() - t_start
     report["weights"] = len(owners)
     report["left_in_float"] = targets.skipped
+    report["block_activations_mib"] = state.activations / 2**20
     calibration.report.update(report)
     done = report["blocks"]
     if done:
         log.info("%s: %d block(s), output error %.3e after vs %.3e round-to-nearest (mean), "
                  "%.1fs", method.name, len(done), sum(b["loss"] for b in done) / len(done),
                  sum(b["loss_rtn"] for b in done) / len(done), report["seconds"])
-    return model
+
+
+class _State:
+    """What carries from block to block: the float model's own stream (AutoRound's targets)
+    and the most activation bytes one block held."""
+
+    def __init__(self, float_hidden):
+        self.float_hidden = float_hidden
+        self.activations = 0
+
+
+def _one_block(i, block_name, block, method, runner, owners, in_block, stats, targets, device,
+               calibration, report, bar, state) -> None:
+    """Calibrate block ``i``: observe, quantize, measure, install its Q4_0 weights, and hand its
+    quantized outputs to the next block."""
+    t0 = time.perf_counter()
+    layers = {n: m for n, m in owners.items() if in_block.get(id(m)) == i}
+    originals = {n: m.weight for n, m in layers.items()}
+    dtype = _float_dtype(block)
+    block.to(device=device, dtype=torch.float32)   # the work is done in float32
+    handles = [m.register_forward_pre_hook(
+        lambda mod, args, n=n: method.observe(stats, n, mod, args[0]))
+        for n, m in layers.items()]
+    try:
+        refs = runner.run_block(i, block)
+    finally:
+        for h in handles:
+            h.remove()
+    float_targets = None
+    if state.float_hidden is not None:
+        float_targets = refs if i == 0 else runner.run_block(i, block, state.float_hidden)
+    weights = {n: m.weight.detach().reshape(m.weight.shape[0], -1)
+               for n, m in layers.items()}
+    # before: GGML's round-to-nearest on this block
+    for n, m in layers.items():
+        d = rtn_scales(weights[n].reshape(-1, BLOCK))
+        _set_float(m, _dequant(d, levels(weights[n].reshape(-1, BLOCK), d),
+                               originals[n].shape, torch.float32))
+    # the error is measured against what the method fits: the float model's own outputs
+    # (float_targets) or the float block on this block's quantized inputs (refs)
+    goal = float_targets if float_targets is not None else refs
+    before = _mse(runner.run_block(i, block), goal) if layers else 0.0
+    for n, m in layers.items():
+        m.weight = originals[n]
+    ctx = BlockContext(i, block, layers, {n: _relative(block, m) for n, m in layers.items()},
+                       weights, stats, runner, refs, float_targets, calibration.seed)
+    result = method.quantize_block(ctx)
+    for n, m in layers.items():
+        d, q = result[n]
+        _set_float(m, _dequant(d, q, originals[n].shape, torch.float32))
+    outs = runner.run_block(i, block)
+    after = _mse(outs, goal) if layers else 0.0
+    for n in layers:
+        targets.install(n, *(t.cpu() for t in result[n]), dtype)
+        stats.pop(n, None)
+    block.to(device="cpu", dtype=dtype)
+    del originals, weights, result, ctx
+    free_memory()   # the block's float weights, freed: hand the heap back before the next one
+    runner.hidden = outs
+    if state.float_hidden is not None:
+        state.float_hidden = float_targets
+    seconds = time.perf_counter() - t0
+    # held during the block: its inputs, outputs and float outputs (+ the float stream)
+    state.activations = max(state.activations, 2 * _bytes(outs) + _bytes(refs)
+                      + (_bytes(float_targets) if float_targets is not refs else 0)
+                      + _bytes(state.float_hidden if state.float_hidden is not float_targets else ()))
+    report["blocks"].append({"block": block_name, "layers": len(layers),
+                             "loss_rtn": before, "loss": after, "seconds": seconds})
+    bar.set_postfix(loss=f"{after:.2e}", rtn=f"{before:.2e}")
+    log.info("%s %s: output error %.3e after, %.3e with round-to-nearest, %.1fs",
+             method.name, block_name, after, before, seconds)
 
 
 def _float_dtype(module: nn.Module) -> torch.dtype:

@@ -51,10 +51,11 @@ def gptq_q4_0_weight(weight: torch.Tensor, hessian: torch.Tensor, *, damp: float
         perm = torch.argsort(diag0, descending=True)
     else:
         perm = torch.arange(k, device=w.device)
-    w, h = w[:, perm], h[perm][:, perm]
+    if act_order:
+        w, h = w[:, perm], h[perm][:, perm]
     h.diagonal().add_(damp * torch.mean(torch.diag(h)))
     hinv = _inverse_cholesky(h)
-    q_out = torch.zeros_like(w)
+    q_out = torch.zeros(w.shape, dtype=torch.int8, device=w.device)
     block_size = max(BLOCK, block_size // BLOCK * BLOCK)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
@@ -72,14 +73,16 @@ def gptq_q4_0_weight(weight: torch.Tensor, hessian: torch.Tensor, *, damp: float
             safe = torch.where(d == 0, torch.ones_like(d), d)
             q = torch.where(d == 0, torch.zeros_like(x),
                             torch.floor(x / safe + 0.5).clamp_(QMIN, QMAX))
-            q_out[:, i1 + i] = q
+            q_out[:, i1 + i] = q.to(torch.int8)
             e = (x - q * d) / hinv1[i, i]
             w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    q = torch.empty_like(q_out)
-    q[:, perm] = q_out
-    return f16(scales).reshape(-1), q.reshape(-1, BLOCK)
+    if act_order:
+        q = torch.empty_like(q_out)
+        q[:, perm] = q_out
+        q_out = q
+    return f16(scales).reshape(-1), q_out.reshape(-1, BLOCK)
 
 
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:

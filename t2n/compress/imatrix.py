@@ -39,14 +39,14 @@ class ImatrixOptions(CommonOptions):
 
 def imatrix_weights(weight: torch.Tensor, importance: torch.Tensor | None,
                     weighting: str = "imatrix") -> torch.Tensor | None:
-    """Per-value weights ``[n_blocks, 32]`` of the error of ``weight [out, k]``."""
+    """Weights of the error of ``weight [out, k]``'s blocks, as ``fit_scales`` takes them:
+    ``[k/32, 32]`` (one row per block column) or ``[n_blocks, 32]``."""
     if importance is None:
         return None
-    w = importance.reshape(1, -1).expand(weight.shape[0], -1)
-    if weighting == "llama":
-        sigma2 = (weight * weight).mean(dim=1, keepdim=True)
-        w = w * torch.sqrt(sigma2 + weight * weight)
-    return w.reshape(-1, BLOCK)
+    if weighting != "llama":   # the same weights for every row: fit_scales repeats them
+        return importance.reshape(-1, BLOCK)
+    sigma2 = (weight * weight).mean(dim=1, keepdim=True)
+    return (importance.reshape(1, -1) * torch.sqrt(sigma2 + weight * weight)).reshape(-1, BLOCK)
 
 
 class Imatrix(Method):

@@ -48,21 +48,29 @@ def rtn_scales(x: torch.Tensor) -> torch.Tensor:
 
 def fit_scales(x: torch.Tensor, w: torch.Tensor | None = None, *, steps: int = 8,
                spread: tuple = (0.7, 1.1), refits: int = 1, chunk: int = 1 << 14):
-    """Scales and levels ``(d [n], q [n, 32])`` for the blocks ``x [n, 32]`` minimising the
-    error weighted by ``w`` (broadcastable to ``x``; None: plain squared error).
+    """Scales and levels ``(d [n], q [n, 32] int8)`` for the blocks ``x [n, 32]`` minimising
+    the error weighted by ``w``: broadcastable to ``x``, or ``[m, 32]`` with ``n`` a multiple
+    of ``m`` for the blocks of a weight matrix (block ``b`` takes row ``b % m``: one row per
+    32 input columns), or None (plain squared error).
 
     Each candidate ``d`` gives levels ``q``; the error of any scale ``s`` with those levels is
     ``C - 2 s A + s^2 B`` (``A = sum w q x``, ``B = sum w q^2``, ``C = sum w x^2``), which
     scores both the candidate and its least-squares refit ``A / B`` from the same sums."""
     x = x.float()
-    w = None if w is None else torch.broadcast_to(w.float(), x.shape)
+    periodic = w is not None and w.dim() == 2 and len(w) not in (1, len(x)) \
+        and len(x) % len(w) == 0
+    if w is not None and not periodic:
+        w = torch.broadcast_to(w.float(), x.shape)
     out_d = torch.empty(len(x), dtype=torch.float32, device=x.device)
-    out_q = torch.empty_like(x)
+    out_q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     factors = torch.linspace(spread[0], spread[1], steps).tolist() if steps > 1 else [1.0]
     for start in range(0, len(x), chunk):
         xs = x[start:start + chunk].contiguous()
         if w is None:
             ws = torch.ones_like(xs)
+        elif periodic:   # one weight row per block column: block b takes row b % len(w)
+            rows = torch.arange(start, start + len(xs), device=x.device) % len(w)
+            ws = w.float()[rows]
         else:
             ws = w[start:start + chunk].contiguous()
             # blocks whose weights are all zero (inputs never seen): plain squared error
@@ -86,7 +94,7 @@ def fit_scales(x: torch.Tensor, w: torch.Tensor | None = None, *, steps: int = 8
                         best_from = torch.where(better, d, best_from)
                     d = refit
         out_d[start:start + chunk] = best_d
-        out_q[start:start + chunk] = levels(xs, best_from)
+        out_q[start:start + chunk] = levels(xs, best_from).to(torch.int8)
     return out_d, out_q
 
 
