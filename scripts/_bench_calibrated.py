@@ -34,9 +34,16 @@ import sys
 import time
 from pathlib import Path
 
-from _bench_common import (bench_env, fmt_s, import_tract, log, perplexity, read_through,
+from _bench_common import (bench_env, import_tract, log, perplexity, read_through,
                            run_meta, save_results, shell_line, work_folder, write_docs)
 from _bench_llm_models import find_gguf
+
+def fmt_s(v) -> str:
+    """Seconds, with minutes past two of them."""
+    if v is None or v != v:
+        return "-"
+    return f"{v:.1f} s" if v < 120 else f"{v:.0f} s ({v / 60:.1f} min)"
+
 
 START, END = "<!-- bench_calibrated:start -->", "<!-- bench_calibrated:end -->"
 AFTER = "<!-- bench_quality:end -->"
@@ -184,7 +191,7 @@ def render(f: dict) -> str:
             f"| {name} | {r['tool']} | {ppl:.2f} | " if ppl is not None else
             f"| {name} | {r['tool']} | failed: {r['error']} | ")
         lines[-1] += (f"{rem * 100:.0f}% | " if rem is not None else "- | ")
-        lines[-1] += (f"{fmt_s(r['quant_s'])} | " if r["quant_s"] is not None else "- | ")
+        lines[-1] += f"{fmt_s(r['quant_s'])} | "
         lines[-1] += (f"{r['calib_peak_mib']:,.0f} MiB | " if r["calib_peak_mib"] else "- | ")
         lines[-1] += (f"{r['export_peak_mib']:,.0f} MiB |" if r["export_peak_mib"] else "- |")
     lines += ["", f"f32: {f32:.2f} (torch {f['torch_ppl']:.2f}); share removed is of the increase "
