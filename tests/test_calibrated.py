@@ -338,3 +338,26 @@ def test_every_architecture_of_the_tiny_matrix_takes_gptq(tmp_path, arch):
     assert all(m.passed for m in result.modes.values())
     report = json.loads((result.path.parent / "model.calibration.json").read_text())
     assert report["blocks"] and report["weights"] > 0
+
+
+def test_export_of_a_causal_lm_with_a_mask_calibrates_on_whole_windows(tmp_path):
+    """`t2n export` of a causal LM whose example inputs carry an attention mask: the calibration
+    windows get masks of their own length (not the example's)."""
+    from t2n.pipeline import export
+    model = tiny_llama()
+    model.config.use_cache = False   # as t2n's loader sets it: logits only
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2))
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(str(i % 50) for i in range(400)))
+
+    class Digits:   # a tokenizer: one token per number
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [int(t) for t in text.split()]}
+    result = export(model, (), tmp_path / "out", kwargs={"input_ids": ids,
+                                                        "attention_mask": torch.ones_like(ids)},
+                    compression="imatrix_q4_0_all", calibration_data=str(text),
+                    calibration_samples=3, calibration_seqlen=40, tokenizer=Digits(),
+                    dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
+    assert result.verification.passed
+    report = json.loads((tmp_path / "out.calibration.json").read_text())
+    assert report["calibration"]["tokens"] == 3 * 40

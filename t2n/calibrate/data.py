@@ -92,10 +92,14 @@ class Calibration:
         if self.token_ids is None:
             return self.samples
         ids = self.token_ids
-        return [((), {"input_ids": ids[i:i + size], "use_cache": False,
-                      **{k: (v[:1].expand(len(ids[i:i + size]), -1) if isinstance(
-                          v, torch.Tensor) else v) for k, v in self.extra_kwargs.items()}})
-                for i in range(0, len(ids), size)]
+        out = []
+        for i in range(0, len(ids), size):
+            rows = ids[i:i + size]
+            kwargs = {"input_ids": rows, "use_cache": False}
+            if self.extra_kwargs.get("attention_mask") is not None:   # whole windows: all ones
+                kwargs["attention_mask"] = torch.ones_like(rows)
+            out.append(((), kwargs))
+        return out
 
     @property
     def digest(self) -> str:
