@@ -174,7 +174,8 @@ def _merged(ctx, config: dict, name: str, value):
 @click.option("--output-names", help="Comma-separated names for the graph outputs.")
 @click.option("--check-io", default=None,
               type=click.Choice(["exact", "close", "approximate", "very", "super", "ultra"]),
-              help="Tolerance of the tract-vs-torch check [default: approximate; very for f16].")
+              help="Tolerance of the tract-vs-torch check [default: approximate; very for f16 or "
+                   "a Q4_0 compression].")
 @click.option("--no-verify", is_flag=True, help="Do not run the bundle in tract.")
 @click.option("--tract-binary", type=click.Path(path_type=Path),
               help="Verify with this tract command-line binary instead of the bindings.")
@@ -345,8 +346,8 @@ def _llm_options(fn):
                      is_flag=True, help="Write the tokenizer and config.json beside the bundle."),
         click.option("-tt", "--tract-check-io-tolerance", "tract_check_io_tolerance",
                      type=click.Choice(_TOLERANCES), default=None,
-                     help="Tolerance of the tract checks [default: approximate; very for f16; "
-                          "super for f16 with a compression]."),
+                     help="Tolerance of the tract checks [default: approximate; very for f16 or a "
+                          "Q4_0 compression; super for f16 with a compression]."),
         click.option("-nv", "--no-verify", "no_verify", is_flag=True,
                      help="Do not run the bundle in tract."),
         click.option("--overwrite", "-iaed", "--ignore-already-exist-dir", "overwrite",

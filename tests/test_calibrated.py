@@ -244,7 +244,8 @@ def test_bad_option_values_are_refused():
 
 
 # -- exports that tract runs ------------------------------------------------------------------
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", ["gptq_q4_0_all"] + [
+    pytest.param(n, marks=pytest.mark.slow) for n in METHODS if n != "gptq_q4_0_all"])
 def test_export_llm_with_a_calibrated_method_verifies_in_tract(tmp_path, name):
     text = tmp_path / "calib.txt"
     model = tiny_llama()

