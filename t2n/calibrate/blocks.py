@@ -108,6 +108,7 @@ class Blockwise:
         self.calls: list[list[Call]] = []      # [block][batch]
         self.hidden: list = []                 # per batch: the current block's inputs
         self.hidden_dtype = torch.float32
+        self.structure = None                  # a block's real output (its kind: tuple, ...)
 
     # -- capture ------------------------------------------------------------------------------
     def capture(self, outside_hook: Callable | None = None) -> None:
@@ -143,6 +144,7 @@ class Blockwise:
                 if "out" not in structure:   # one real call, to return what blocks return
                     structure["out"] = original(hidden, *rest, **kwargs) if key is None \
                         else original(*rest, **{**kwargs, key: hidden})
+                self.structure = structure["out"]
                 return _like(structure["out"], hidden)
             return forward
 
@@ -194,7 +196,8 @@ class Blockwise:
 
         def replay(i, block, original):
             def forward(*args, **kwargs):
-                return self.hidden[batch["b"]].to(_device_of(args, kwargs), self.hidden_dtype)
+                hidden = self.hidden[batch["b"]].to(_device_of(args, kwargs), self.hidden_dtype)
+                return _like(self.structure, hidden)   # what the blocks return, e.g. a tuple
             return forward
 
         seen = set()
