@@ -100,22 +100,22 @@ def apply(model, name: str, *, registry_path: str | None = None, tokenizer=None,
     return result
 
 
-def takes_calibration(fn) -> bool:
-    """Whether ``fn`` declares a ``calibration`` parameter (a calibrated compression)."""
+def _params(fn) -> list:
+    """``fn``'s parameters (none when it has no inspectable signature)."""
     import inspect
     try:
-        return "calibration" in inspect.signature(fn).parameters
+        return list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return False
+        return []
+
+
+def takes_calibration(fn) -> bool:
+    """Whether ``fn`` declares a ``calibration`` parameter (a calibrated compression)."""
+    return any(p.name == "calibration" for p in _params(fn))
 
 
 def _takes(fn, keyword: str) -> bool:
-    import inspect
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in _params(fn))
 
 
 _FIXED = {"model", "tokenizer", "export_dirpath", "local_dir", "calibration"}
@@ -123,19 +123,13 @@ _FIXED = {"model", "tokenizer", "export_dirpath", "local_dir", "calibration"}
 
 def option_names(fn) -> list[str]:
     """The keyword parameters of a compression function a user may set (its options)."""
-    import inspect
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.name not in _FIXED
+    return [p.name for p in _params(fn) if p.name not in _FIXED
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def bind_options(fn, name: str, options: Mapping | None) -> dict:
     """``options`` checked against ``fn``'s parameters and converted to the type of each
     default (values given as text, like ``--compression-option iters=50``, become numbers)."""
-    import inspect
     if not options:
         return {}
     valid = option_names(fn)
@@ -144,7 +138,7 @@ def bind_options(fn, name: str, options: Mapping | None) -> dict:
         raise CompressionError(
             f"compression {name!r} has no option {', '.join(map(repr, unknown))}",
             f"valid options: {', '.join(valid)}" if valid else f"{name!r} takes no options")
-    params = inspect.signature(fn).parameters
+    params = {p.name: p for p in _params(fn)}
     return {k: _convert(k, v, params[k]) for k, v in options.items()}
 
 
