@@ -381,3 +381,56 @@ def test_export_of_a_causal_lm_with_a_mask_calibrates_on_whole_windows(tmp_path)
     assert result.verification.passed
     report = json.loads((tmp_path / "out.calibration.json").read_text())
     assert report["calibration"]["tokens"] == 3 * 40
+
+
+def test_autoround_quantizes_a_layer_outside_the_blocks_by_gptq():
+    """An LM head has no block output to fit: AutoRound hands it to GPTQ on its inputs, which
+    beats the imatrix scales AutoRound starts its blocks from."""
+    from t2n.compress.autoround import AutoRound, AutoRoundOptions
+    torch.manual_seed(0)
+    head = nn.Linear(128, 96, bias=False)
+    x = correlated_inputs()
+    method = AutoRound(AutoRoundOptions())
+    stats = {}
+    for part in x.split(512):
+        method.observe_outside(stats, "lm_head", head, part[None])
+    w = head.weight.detach()
+    d, q = method.quantize_layer("lm_head", head, w, stats["lm_head"])
+    h = sum(p.T @ p for p in x.split(512)) / len(x)   # summed as observed
+    d_g, q_g = gptq_q4_0_weight(w, h)
+    assert torch.equal(d, d_g) and torch.equal(q, q_g)
+    d_s, q_s = method.start(w, {"sq": (x * x).sum(0), "n": len(x)})
+    e_head = output_error(w, (q * d[:, None]).reshape(w.shape), x)
+    e_start = output_error(w, (q_s * d_s[:, None]).reshape(w.shape), x)
+    assert e_head < 0.8 * e_start, (e_head, e_start)
+
+
+def test_autoround_fused_fake_quant_matches_autograd_through_the_rounding():
+    """The fused step (one pass each way) gives the values and gradients of the plain autograd
+    chain with a straight-through rounding, clamped levels and all-zero blocks included."""
+    from t2n.compress.autoround import _FakeQuant
+    g = torch.Generator().manual_seed(4)
+    blocks = torch.randn(64, 32, generator=g)
+    blocks[3] = 0
+    d0 = rtn_scales(blocks) * 0.6   # small scales: many levels clamped
+    v0 = torch.rand(64, 32, generator=g) - 0.5
+    s0 = 1 + 0.2 * torch.rand(64, generator=g)
+    upstream = torch.randn(64, 32, generator=g)
+
+    def grads(fused):
+        v, s = v0.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+        d = d0 * s
+        if fused:
+            out = _FakeQuant.apply(blocks, v, d, torch.float32)
+        else:
+            safe = torch.where(d == 0, torch.ones_like(d), d)
+            x = blocks / safe[:, None] + v
+            out = (x + (torch.floor(x + 0.5) - x).detach()).clamp(-8, 7) * d[:, None]
+        (out * upstream).sum().backward()
+        return out.detach(), v.grad, s.grad
+    fused, plain = grads(True), grads(False)
+    assert torch.equal(fused[0][3], torch.zeros(32))
+    assert ((fused[0] == -8 * d0[:, None] * s0[:, None]).any()
+            and (fused[1] == 0).any())   # the look-alike: clamped levels take no offset step
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -175,16 +175,18 @@ class Blockwise:
         return handles
 
     # -- block passes -------------------------------------------------------------------------
-    def run_block(self, i: int, block: nn.Module, hidden=None, keep: bool = True) -> list:
-        """``block`` (on the device) on every batch's inputs: its outputs (on the host) when
-        ``keep``. ``hidden`` overrides the current inputs."""
+    def run_block(self, i: int, block: nn.Module, hidden=None, keep: bool = True,
+                  dtype: torch.dtype = torch.float32) -> list:
+        """``block`` (on the device, its tensors in ``dtype``) on every batch's inputs: its
+        outputs (float32, on the host) when ``keep``. ``hidden`` overrides the current
+        inputs."""
         hidden = self.hidden if hidden is None else hidden
         outs = []
         with torch.no_grad():
             for call, h in zip(self.calls[i], hidden):
-                out = first_output(call.invoke(block, h, self.device))
+                out = first_output(call.invoke(block, h, self.device, dtype))
                 if keep:
-                    outs.append(out.detach().to("cpu"))
+                    outs.append(out.detach().to("cpu", torch.float32))
         return outs
 
     def replay_outside(self, names: set, hook: Callable) -> None:

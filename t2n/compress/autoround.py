@@ -9,7 +9,16 @@ calibration windows per step; the step with the least loss is kept. ``d0`` start
 imatrix scale search (the best of the cheaper scales), so step 0 is imatrix_q4_0's result.
 
 ``target``: ``float`` fits the block to the float model's own outputs (inputs carried through
-the float blocks), ``quantized`` to the float block applied on the quantized blocks' outputs.
+the float blocks; the importance of the start is observed on that stream), ``quantized`` to the
+float block applied on the quantized blocks' outputs.
+
+Layers outside the blocks (an LM head) have no block output to fit, and training against the
+whole vocabulary's logits would cost more than all the blocks: they are quantized by GPTQ on
+their inputs (the last block's quantized outputs).
+
+``amp``: the steps and the block passes (targets, measures) run in bfloat16 where the device
+multiplies it natively, as the auto-round package does; the block's own float tensors are
+restored afterwards.
 
 Presets (each value overridable): ``default`` fits SmolLM2-135M on 2 CPU cores in well under
 30 minutes; ``fast`` is half of it; ``published`` is AutoRound's published setting (200 steps,
@@ -24,6 +33,7 @@ from torch.func import functional_call
 
 from t2n.calibrate.blocks import first_output
 from t2n.compress.blockwise import ALL, LINEAR, CommonOptions, Method, entry
+from t2n.compress.gptq import gptq_layer, observe_hessian
 from t2n.compress.imatrix import imatrix_weights
 from t2n.compress.q4_0_fit import BLOCK, QMAX, QMIN, f16, fit_scales
 from t2n.compress.registry import BUILTIN
@@ -88,8 +98,31 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.floor(x + 0.5) - x).detach()
+class _FakeQuant(torch.autograd.Function):
+    """``clamp(floor(w / d + v + 1/2), -8, 7) * d`` per 32-block, in ``dtype``, with the
+    rounding passed through (straight-through estimator): one fused pass each way instead of
+    autograd's chain of full-size temporaries (the steps are bound by them after the matmuls).
+
+    Gradients: ``dv = g d`` and ``dd = sum(g (q - w / d))`` where the level is inside the grid;
+    where it is clamped, ``dv = 0`` and ``dd = sum(g q)``."""
+
+    @staticmethod
+    def forward(ctx, blocks, v, d, dtype):
+        scaled = blocks / torch.where(d == 0, torch.ones_like(d), d)[:, None]
+        q = torch.floor(scaled + v + 0.5)
+        inside = (q >= QMIN) & (q <= QMAX)
+        q.clamp_(QMIN, QMAX)
+        ctx.save_for_backward(scaled, q, inside, d)   # (an all-zero block: d = 0, decodes to 0)
+        return (q * d[:, None]).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        scaled, q, inside, d = ctx.saved_tensors
+        g = grad.float()
+        g_in = g * inside
+        grad_v = g_in * d[:, None]
+        grad_d = (g * q).sum(dim=1) - (g_in * scaled).sum(dim=1)
+        return None, grad_v, grad_d, None
 
 
 class _Layer:
@@ -106,11 +139,8 @@ class _Layer:
         d = self.d0 * (self.s if s is None else s)
         return d + (f16(d) - d).detach()
 
-    def weight(self) -> torch.Tensor:
-        d = self.scales()
-        safe = torch.where(d == 0, torch.ones_like(d), d)
-        q = _round_ste(self.blocks / safe[:, None] + self.v).clamp(QMIN, QMAX)
-        return (q * d[:, None]).reshape(self.shape)
+    def weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return _FakeQuant.apply(self.blocks, self.v, self.scales(), dtype).reshape(self.shape)
 
     def final(self, v, s):
         d = f16(self.d0 * s)
@@ -132,8 +162,16 @@ class AutoRound(Method):
         return fit_scales(weight.reshape(-1, BLOCK),
                           imatrix_weights(weight, self.importance(stat)))
 
+    def pass_dtype(self, device):
+        return _work_dtype(device) if self.options.amp else torch.float32
+
+    def observe_outside(self, stats, name, module, x):
+        observe_hessian(stats, name, module, x)
+
     def quantize_layer(self, name, module, weight, stat):
-        return self.start(weight, stat)
+        """A layer outside the blocks (an LM head: no block output to fit, and the whole
+        vocabulary's logits too costly to train against) is quantized by GPTQ."""
+        return gptq_layer(weight, stat)
 
     def quantize_block(self, ctx):
         o = self.options
@@ -151,39 +189,33 @@ class AutoRound(Method):
         best_loss = float("inf")
         best = {n: (lay.v.detach().clone(), lay.s.detach().clone()) for n, lay in layers.items()}
 
-        work = _work_dtype(runner.device) if o.amp else torch.float32
-        saved = [(t, t.data) for t in list(block.parameters()) + list(block.buffers())]
-        block.to(work)   # the exact float32 tensors come back after the steps
+        work = self.pass_dtype(runner.device)   # the block is in it (quantize_blockwise)
 
         def call(*args, **kwargs):
-            params = {f"{ctx.names[n]}.weight": lay.weight().to(work)
+            params = {f"{ctx.names[n]}.weight": lay.weight(work)
                       for n, lay in layers.items()}
             return functional_call(block, params, args, kwargs)
-        try:
-            with torch.enable_grad():
-                for step in range(o.iters):
-                    b = int(torch.randint(len(runner.hidden), (1,), generator=g))
-                    out = first_output(runner.calls[i][b].invoke(call, runner.hidden[b],
-                                                                  runner.device, work))
-                    loss = torch.mean((out.float() - targets[b].to(out.device).float()) ** 2)
-                    value = float(loss.detach())
-                    if value < best_loss:   # the parameters this loss was computed with
-                        best_loss = value
-                        best = {n: (lay.v.detach().clone(), lay.s.detach().clone())
-                                for n, lay in layers.items()}
-                    loss.backward()
-                    lr = o.lr * (1 - step / o.iters)
-                    with torch.no_grad():
-                        for lay in layers.values():
-                            lay.v -= lr * torch.sign(lay.v.grad)
-                            lay.v.clamp_(-0.5, 0.5)
-                            lay.s -= lr * torch.sign(lay.s.grad)
-                            lay.s.clamp_(o.min_scale, o.max_scale)
-                            lay.v.grad = None
-                            lay.s.grad = None
-        finally:
-            for t, data in saved:
-                t.data = data
+        with torch.enable_grad():
+            for step in range(o.iters):
+                b = int(torch.randint(len(runner.hidden), (1,), generator=g))
+                out = first_output(runner.calls[i][b].invoke(call, runner.hidden[b],
+                                                              runner.device, work))
+                loss = torch.mean((out.float() - targets[b].to(out.device).float()) ** 2)
+                value = float(loss.detach())
+                if value < best_loss:   # the parameters this loss was computed with
+                    best_loss = value
+                    best = {n: (lay.v.detach().clone(), lay.s.detach().clone())
+                            for n, lay in layers.items()}
+                loss.backward()
+                lr = o.lr * (1 - step / o.iters)
+                with torch.no_grad():
+                    for lay in layers.values():
+                        lay.v -= lr * torch.sign(lay.v.grad)
+                        lay.v.clamp_(-0.5, 0.5)
+                        lay.s -= lr * torch.sign(lay.s.grad)
+                        lay.s.clamp_(o.min_scale, o.max_scale)
+                        lay.v.grad = None
+                        lay.s.grad = None
         return {n: lay.final(*best[n]) for n, lay in layers.items()}
 
 

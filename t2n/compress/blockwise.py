@@ -15,6 +15,7 @@ activation: they take the unweighted scale search.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -75,6 +76,15 @@ class Method:
         entry = stats.setdefault(name, {"sq": 0, "n": 0})
         entry["sq"] = entry["sq"] + (rows * rows).sum(dim=0)
         entry["n"] += len(rows)
+
+    def pass_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype of the block passes (observing, targets, measuring): float32, exact."""
+        return torch.float32
+
+    def observe_outside(self, stats: dict, name: str, module: nn.Module,
+                        x: torch.Tensor) -> None:
+        """Observe a layer outside the blocks (an LM head): no block output is fitted there."""
+        self.observe(stats, name, module, x)
 
     @staticmethod
     def importance(stat) -> torch.Tensor | None:
@@ -216,7 +226,7 @@ def _blockwise(model, calibration, method, classes, samples, seqlen, batch_size)
 
     def observe_outside(name, module, x):
         if name in outside and isinstance(module, MULTIPLYING):
-            method.observe(stats, name, module, x)
+            method.observe_outside(stats, name, module, x)
     runner.capture(observe_outside)
     state = _State(list(runner.hidden) if method.needs_float_targets else None)
 
@@ -262,29 +272,36 @@ def _one_block(i, block_name, block, method, runner, owners, in_block, stats, ta
     layers = {n: m for n, m in owners.items() if in_block.get(id(m)) == i}
     originals = {n: m.weight for n, m in layers.items()}
     dtype = _float_dtype(block)
-    block.to(device=device, dtype=torch.float32)   # the work is done in float32
+    work = method.pass_dtype(device)
+    # the block's own tensors come back as they were once it is done
+    saved = [(t, t.data) for t in itertools.chain(block.parameters(), block.buffers())]
+    block.to(device=device, dtype=torch.float32)
+    weights = {n: m.weight.detach().reshape(m.weight.shape[0], -1)
+               for n, m in layers.items()}   # float32, kept through the cast below
+    block.to(work)
     handles = [m.register_forward_pre_hook(
         lambda mod, args, n=n: method.observe(stats, n, mod, args[0]))
         for n, m in layers.items()]
+    # a method fitting the float model's own outputs observes the inputs of that stream
+    # (the same as the quantized stream's at the first block), one pass fewer
     try:
-        refs = runner.run_block(i, block)
+        if state.float_hidden is not None:
+            refs, float_targets = None, runner.run_block(i, block, state.float_hidden,
+                                                         dtype=work)
+        else:
+            refs, float_targets = runner.run_block(i, block, dtype=work), None
     finally:
         for h in handles:
             h.remove()
-    float_targets = None
-    if state.float_hidden is not None:
-        float_targets = refs if i == 0 else runner.run_block(i, block, state.float_hidden)
-    weights = {n: m.weight.detach().reshape(m.weight.shape[0], -1)
-               for n, m in layers.items()}
     # before: GGML's round-to-nearest on this block
     for n, m in layers.items():
         d = rtn_scales(weights[n].reshape(-1, BLOCK))
         _set_float(m, _dequant(d, levels(weights[n].reshape(-1, BLOCK), d),
-                               originals[n].shape, torch.float32))
+                               originals[n].shape, work))
     # the error is measured against what the method fits: the float model's own outputs
     # (float_targets) or the float block on this block's quantized inputs (refs)
     goal = float_targets if float_targets is not None else refs
-    before = _mse(runner.run_block(i, block), goal) if layers else 0.0
+    before = _mse(runner.run_block(i, block, dtype=work), goal) if layers else 0.0
     for n, m in layers.items():
         m.weight = originals[n]
     ctx = BlockContext(i, block, layers, {n: _relative(block, m) for n, m in layers.items()},
@@ -292,14 +309,15 @@ def _one_block(i, block_name, block, method, runner, owners, in_block, stats, ta
     result = method.quantize_block(ctx)
     for n, m in layers.items():
         d, q = result[n]
-        _set_float(m, _dequant(d, q, originals[n].shape, torch.float32))
-    outs = runner.run_block(i, block)
+        _set_float(m, _dequant(d, q, originals[n].shape, work))
+    outs = runner.run_block(i, block, dtype=work)
     after = _mse(outs, goal) if layers else 0.0
     for n in layers:
         targets.install(n, *(t.cpu() for t in result[n]), dtype)
         stats.pop(n, None)
-    block.to(device="cpu", dtype=dtype)
-    del originals, weights, result, ctx
+    for t, data in saved:
+        t.data = data
+    del originals, weights, result, ctx, saved
     free_memory()   # the block's float weights, freed: hand the heap back before the next one
     runner.hidden = outs
     if state.float_hidden is not None:
@@ -336,7 +354,7 @@ def _quantize_outside(model, runner, outside: dict, stats: dict, method, targets
         return
     pending = {n for n, m in outside.items()
                if n not in stats and isinstance(m, MULTIPLYING)}
-    runner.replay_outside(pending, lambda n, m, x: method.observe(stats, n, m, x))
+    runner.replay_outside(pending, lambda n, m, x: method.observe_outside(stats, n, m, x))
     for name, module in outside.items():
         weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
         stat = stats.pop(name, None)
