@@ -5,7 +5,9 @@ from t2n.errors import (CompressionError, LoadError, OptionError, T2NError,  # n
                         TraceError, TranslationError, UnsupportedOpsError, VerificationError,
                         WriteError)
 from t2n.pipeline import ExportResult, export  # noqa: E402
+from t2n.checkpoint import load_quantized, save_quantized  # noqa: E402
+from t2n.checkpoint.api import quantize  # noqa: E402
 
-__all__ = ["export", "ExportResult", "T2NError", "OptionError", "LoadError", "CompressionError",
+__all__ = ["export", "ExportResult", "quantize", "save_quantized", "load_quantized", "T2NError", "OptionError", "LoadError", "CompressionError",
            "TraceError", "UnsupportedOpsError", "TranslationError", "WriteError",
            "VerificationError", "__version__"]

@@ -219,13 +219,14 @@ def _export(ctx, config_file, flags):
     def names(v):
         return tuple(n.strip() for n in v.split(",")) if isinstance(v, str) else (
             tuple(v) if v else None)
+    quantized = _checkpoint_compression(o["model"], o["compression"])
     options = ExportOptions(
         dtype=o["dtype"], f32_attention=bool(o["f32_attn"]), f32_norm=bool(o["f32_norm"]),
         f16_arithmetic=o["f16_arithmetic"],
         dynamic_axes=axes, input_names=names(o["input_names"]),
         output_names=names(o["output_names"]),
         check_io=None if o["no_verify"] else resolve_tolerance(
-            o["check_io"] or "auto", o["dtype"], o["compression"]),
+            o["check_io"] or "auto", o["dtype"], o["compression"] or quantized),
         tract_binary=str(o["tract_binary"]) if o["tract_binary"] else None,
         dump_io=bool(o["dump_io"]), overwrite=bool(o["overwrite"]),
         compression=o["compression"], compression_registry=o["compression_registry"],
@@ -250,11 +251,84 @@ def _export(ctx, config_file, flags):
     # tract loads its own copy of the weights for verification
     result = export_loaded(loaded.module, loaded.args, output, options, kwargs=loaded.kwargs,
                            tokenizer=loaded.tokenizer, progress=True,
-                           release=lambda: setattr(loaded, "module", None))
+                           release=lambda: setattr(loaded, "module", None),
+                           properties={"t2n_compression": quantized} if quantized else None)
     v = result.verification
     verdict = "not verified" if v is None else (
         f"verified in tract ({v.tolerance}), tract {v.tract_ms:.1f} ms")
     click.echo(f"{result.path}: {result.bundle.nbytes / 1e6:.2f} MB, {verdict}")
+
+
+def _checkpoint_compression(model, compression) -> str | None:
+    """The compression of checkpoint ``model`` (None for any other model); refuses a second
+    compression on top of it."""
+    from t2n.checkpoint import is_checkpoint, read_map
+    if not model or not is_checkpoint(model):
+        return None
+    done = read_map(model).get("record", {}).get("compression") or "unknown"
+    if compression:
+        raise OptionError(f"{model} is a checkpoint already quantized with {done}",
+                          "drop -c to export it as it is, or quantize the original model")
+    return done
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Checkpoint folder to write.")
+@click.option("-c", "--compression", help="Compression name (see 't2n compressions').")
+@click.option("--compression-registry", metavar="PKG.MOD:NAME",
+              help="Registry of compressions, by dotted path.")
+@click.option("--task", help="transformers task choosing the Auto class (e.g. feature-extraction).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D,D,..[:dtype]",
+              help="Example input with random values; repeatable.")
+@click.option("--example-inputs", type=click.Path(path_type=Path),
+              help=".npz or .safetensors file of named example inputs.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+@_calibration_options
+@click.pass_context
+def quantize(ctx, **flags):
+    """Quantize MODEL once and save it as a checkpoint folder (-o) that 't2n export' and
+    't2n export-llm -s' export without quantizing again."""
+    _run(ctx, _quantize, flags)
+
+
+def _quantize(o):
+    import time
+    from t2n.checkpoint import save_quantized
+    from t2n.checkpoint.api import quantize as quantize_model
+    from t2n.load import load_model
+    if not o["model"] or not o["output"] or not o["compression"]:
+        raise OptionError("quantize needs MODEL, -o CHECKPOINT and -c COMPRESSION",
+                          "t2n quantize MODEL -c NAME -o CHECKPOINT")
+    output = Path(o["output"])
+    if output.exists() and not o["overwrite"]:
+        raise OptionError(f"destination {output} already exists",
+                          "pass --overwrite or choose another path")
+    _checkpoint_compression(o["model"], o["compression"])
+    from t2n import compress
+    compress.load_registry(o["compression_registry"])   # fail fast on a bad registry
+    t0 = time.perf_counter()
+    loaded = load_model(o["model"], task=o["task"], input_shapes=o["input_shape"] or (),
+                        example_inputs=o["example_inputs"])
+    log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model"],
+             type(loaded.module).__name__)
+    t0 = time.perf_counter()
+    model = quantize_model(loaded.module, o["compression"], tokenizer=loaded.tokenizer,
+                           calibration=o["calibration_data"],
+                           calibration_samples=o["calibration_samples"],
+                           calibration_seqlen=o["calibration_seqlen"], seed=int(o["seed"]),
+                           device=o["device"],
+                           options=_parse_compression_options(o["compression_option"]),
+                           registry=o["compression_registry"], args=loaded.args,
+                           kwargs=loaded.kwargs)
+    seconds = time.perf_counter() - t0
+    model.t2n_quantization.update(source=o["model"], seconds=seconds)
+    log.info("%-10s %6.2fs  %s", "compress", seconds, o["compression"])
+    path = save_quantized(model, output, tokenizer=loaded.tokenizer, overwrite=o["overwrite"],
+                          source=o["model"] if ":" in o["model"] else None)
+    size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+    click.echo(f"{path}: {size:.2f} MB, {o['compression']} in {seconds:.1f} s")
 
 
 @main.command()
@@ -282,8 +356,14 @@ def check(ctx, bundle, check_io, tract_binary):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.pass_context
 def info(ctx, bundle):
-    """Inputs, outputs, op counts and tensor bytes of BUNDLE."""
+    """Inputs, outputs, op counts and tensor bytes of BUNDLE (or of a checkpoint: tensors by
+    storage format, bytes, how it was made)."""
     from t2n.bundles import bundle_info
+    from t2n.checkpoint import is_checkpoint
+    if is_checkpoint(bundle):
+        from t2n.checkpoint.info import checkpoint_info
+        click.echo(_run(ctx, checkpoint_info, bundle))
+        return
     report = _run(ctx, bundle_info, bundle)
     click.echo(report.text())
 
@@ -375,11 +455,13 @@ def _export_llm(ctx, config_file, flags):
                           "t2n export-llm -s MODEL -e EXPORT_DIR")
     import time
     t0 = time.perf_counter()
+    quantized = _checkpoint_compression(o["model_slug"], o["compression"])
     loaded = load_model(o["model_slug"], need_inputs=False, dtype=o["dtype"])
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
              type(loaded.module).__name__)
     tolerance = None if o["no_verify"] else resolve_tolerance(
-        o["tract_check_io_tolerance"] or "auto", o["dtype"], o["compression"], llm=True)
+        o["tract_check_io_tolerance"] or "auto", o["dtype"], o["compression"] or quantized,
+        llm=True)
     result = export_llm(loaded.module, loaded.tokenizer, o["export_dirpath"], dtype=o["dtype"],
                         compression=o["compression"],
                         compression_registry=o["compression_registry"],
@@ -395,7 +477,8 @@ def _export_llm(ctx, config_file, flags):
                         device=o["device"],
                         compression_options=_parse_compression_options(
                             o["compression_option"]),
-                        release=lambda: setattr(loaded, "module", None))
+                        release=lambda: setattr(loaded, "module", None),
+                        quantized_with=quantized)
     size = result.path.stat().st_size / 1e6
     verdict = "not verified" if tolerance is None else f"verified in tract ({tolerance})"
     click.echo(f"{result.path}: {size:.2f} MB, {verdict}")

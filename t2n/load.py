@@ -52,6 +52,7 @@ class Loaded:
     source: str = ""
     tokenizer: object = None
     folder: Path | None = None
+    quantized: str | None = None    # a checkpoint's compression (the weights are compressed)
 
     @property
     def input_names(self) -> list[str]:
@@ -312,7 +313,9 @@ def _gguf_model(path: Path, dtype: torch.dtype):
 
 def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_inputs=None,
                need_inputs: bool = True, dtype: str | None = None) -> Loaded:
-    """Load ``spec``: ``module.path:attr``, a Hugging Face folder, or a cached hub id.
+    """Load ``spec``: ``module.path:attr``, a Hugging Face folder, a t2n checkpoint folder
+    (already quantized: ``Loaded.quantized`` names its compression), a .gguf file, or a cached
+    hub id.
     ``need_inputs=False``: the caller makes its own example inputs (export-llm).
     ``dtype`` ("f32" or "f16", default f32): the float type Hugging Face and GGUF weights are
     loaded in, so that an f16 export never holds a float32 copy of the model."""
@@ -321,8 +324,14 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
     weights = torch.float16 if dtype == "f16" else torch.float32
     specs = [parse_input_shape(s) if isinstance(s, str) else s for s in input_shapes]
     path = Path(spec)
-    tokenizer = folder = config = None
-    if path.is_file() and path.suffix == ".gguf":
+    tokenizer = folder = config = quantized = None
+    from t2n.checkpoint import is_checkpoint, load_quantized
+    if is_checkpoint(path):
+        ck = load_quantized(path, dtype=dtype)
+        module, tokenizer = ck.module, ck.tokenizer
+        config = getattr(module, "config", None)
+        quantized = ck.compression or "unknown"
+    elif path.is_file() and path.suffix == ".gguf":
         module, tokenizer, config = _gguf_model(path, weights)
     elif path.is_dir():
         folder = path
@@ -359,4 +368,5 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
     args, kwargs = _match_inputs(module, named) if named else ((), {})
     if example_inputs is not None:
         _try_forward(module, args, kwargs, example_inputs, cast=dtype is not None)
-    return Loaded(module, args, kwargs, source=spec, tokenizer=tokenizer, folder=folder)
+    return Loaded(module, args, kwargs, source=spec, tokenizer=tokenizer, folder=folder,
+                  quantized=quantized)

@@ -1,6 +1,7 @@
 """Byte-level goldens for .dat files and the graph.nnef text, and atomic bundle writing."""
 import struct
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -91,6 +92,18 @@ def test_bundle_formats(suffix, tmp_path):
     else:
         assert sorted(p.name for p in dest.iterdir()) == ["graph.nnef", "layer.weight.dat"]
     assert [p.name for p in tmp_path.iterdir()] == [dest.name]  # no temporary left behind
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tgz"])
+def test_archives_are_reproducible(suffix, tmp_path):
+    """The same graph packs to the same bytes (no time, owner or mode of the writer)."""
+    first = write(_tiny_graph(), tmp_path / f"a{suffix}").path.read_bytes()
+    (tmp_path / "x").mkdir()
+    time.sleep(1.1)   # tar keeps whole seconds: the second bundle's files are newer
+    second = write(_tiny_graph(), tmp_path / "x" / f"b{suffix}").path.read_bytes()
+    assert first == second
+    with tarfile.open(tmp_path / f"a{suffix}") as tar:
+        assert {(m.mtime, m.uid, m.uname) for m in tar.getmembers()} == {(0, 0, "")}
 
 
 def test_bundle_refuses_existing_then_overwrites(tmp_path):

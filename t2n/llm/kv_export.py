@@ -62,7 +62,8 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                num_logits_to_keep: int = 1, export_dir_struct: str = "deep",
                tgz_level: int = 0, calibration_data=None, calibration_samples=None,
                calibration_seqlen=None, seed: int = 0, device: str = "cpu",
-               compression_options=None, release=None) -> LLMExportResult:
+               compression_options=None, release=None,
+               quantized_with: str | None = None) -> LLMExportResult:
     """Export a transformers causal LM with its KV cache as inputs/outputs to ``export_dir``.
 
     ``tokenizer`` (may be None unless ``dump_tokenizer_and_conf``) gives the example tokens and
@@ -80,7 +81,8 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     the model itself) in ``calibration_samples`` windows of ``calibration_seqlen`` tokens (the
     method's defaults when None), drawn with ``seed``, and work on ``device``;
     ``compression_options`` set the compression's parameters. Their report is written beside
-    the bundle (``model/model.calibration.json``).
+    the bundle (``model/model.calibration.json``). ``quantized_with``: the compression a model
+    loaded from a checkpoint was quantized with (recorded in the bundle, sets the tolerance).
 
     Memory: the weights go to the bundle tensor by tensor (no second copy), and torch's model
     is dropped before tract loads the bundle. A caller holding the only other reference to
@@ -98,7 +100,8 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     # validates dtype, f32_* flags, tolerance and tgz level before any work
     options = ExportOptions(dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
                             f16_arithmetic=f16_arithmetic,
-                            check_io=resolve_tolerance(check_io, dtype, compression, llm=True),
+                            check_io=resolve_tolerance(check_io, dtype,
+                                                       compression or quantized_with, llm=True),
                             tgz_level=tgz_level, calibration_data=calibration_data,
                             calibration_samples=calibration_samples,
                             calibration_seqlen=calibration_seqlen, seed=seed, device=device,
@@ -184,8 +187,9 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                 output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
             exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
                                      tokenizer=tokenizer, release=_release,
-                                     properties={"t2n_compression": compression} if compression
-                                     else None)
+                                     properties={"t2n_compression": compression
+                                                 or quantized_with}
+                                     if compression or quantized_with else None)
             timings.update(exported.timings)
             modes = {}
             if options.check_io:

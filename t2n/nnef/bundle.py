@@ -5,6 +5,7 @@ moved into place at the end, so the destination is either complete or untouched.
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
@@ -123,11 +124,7 @@ def publish(folder: Path, dest: Path, tgz_level: int = 0) -> Path:
             ready = folder
         else:
             ready = folder.with_name(folder.name + "." + fmt)
-            opts = {"compresslevel": tgz_level} if fmt == "tgz" else {}
-            with tarfile.open(ready, "w:gz" if fmt == "tgz" else "w", **opts) as tar:
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        tar.add(path, arcname=str(path.relative_to(folder)))
+            _pack(folder, ready, fmt, tgz_level)
             shutil.rmtree(folder)
         if dest.exists():
             trash = dest.with_name(f".{dest.name}.t2n-old")
@@ -145,6 +142,31 @@ def publish(folder: Path, dest: Path, tgz_level: int = 0) -> Path:
     except OSError as e:
         raise WriteError(f"cannot publish bundle at {dest}: {e}", "check the destination") from e
     return dest
+
+
+def _reproducible(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """No time, owner or permission of the machine that wrote it: the same bundle packs to the
+    same bytes."""
+    member.mtime, member.uid, member.gid, member.uname, member.gname = 0, 0, 0, "", ""
+    member.mode = 0o644
+    return member
+
+
+def _pack(folder: Path, dest: Path, fmt: str, tgz_level: int) -> None:
+    """``folder``'s files (sorted) as a .tar or .tgz at ``dest``, reproducibly (gzip header
+    without a time either)."""
+    with open(dest, "wb") as raw:
+        zipped = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                               compresslevel=tgz_level) if fmt == "tgz" else None
+        try:
+            with tarfile.open(fileobj=zipped or raw, mode="w") as tar:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        tar.add(path, arcname=str(path.relative_to(folder)),
+                                filter=_reproducible)
+        finally:
+            if zipped is not None:
+                zipped.close()
 
 
 def discard(folder: Path) -> None:
