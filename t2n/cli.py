@@ -20,7 +20,7 @@ _CONFIG_KEYS = {  # keys accepted in --config FILE.toml ([export] table or top l
     "no_verify",
     "tract_binary", "dump_io", "overwrite", "compression", "compression_registry", "tgz_level",
     "calibration_data", "calibration_samples", "calibration_seqlen", "seed", "device",
-    "compression_option", "observer",
+    "compression_option", "observer", "lossless",
 }
 
 
@@ -183,6 +183,8 @@ def _merged(ctx, config: dict, name: str, value):
 @click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
 @click.option("--tgz-level", type=click.IntRange(0, 9), default=0, show_default=True,
               help="gzip level of a .tgz bundle (0 stores: weights barely compress).")
+@click.option("--lossless", is_flag=True,
+              help="A GPTQ-layout checkpoint must convert to Q4_0 exactly (else an error).")
 @click.option("-c", "--compression", help="Compression name (see 't2n compressions').")
 @click.option("--compression-registry", metavar="PKG.MOD:NAME",
               help="Registry of compressions, by dotted path.")
@@ -244,7 +246,8 @@ def _export(ctx, config_file, flags):
     shapes = o["input_shape"]
     loaded = load_model(o["model"], task=o["task"],
                         input_shapes=[shapes] if isinstance(shapes, str) else shapes or (),
-                        example_inputs=o["example_inputs"], dtype=o["dtype"])
+                        example_inputs=o["example_inputs"], dtype=o["dtype"],
+                        lossless=bool(o["lossless"]))
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model"],
              type(loaded.module).__name__)
     # the model is referenced only through `loaded`, so that release() can free it before
@@ -263,9 +266,15 @@ def _checkpoint_compression(model, compression) -> str | None:
     """The compression of checkpoint ``model`` (None for any other model); refuses a second
     compression on top of it."""
     from t2n.checkpoint import is_checkpoint, read_map
-    if not model or not is_checkpoint(model):
+    from t2n.checkpoint.gptq_format import gptq_config
+    if not model or not Path(model).is_dir():
         return None
-    done = read_map(model).get("record", {}).get("compression") or "unknown"
+    if is_checkpoint(model):
+        done = read_map(model).get("record", {}).get("compression") or "unknown"
+    elif gptq_config(model) is not None:
+        done = f"{gptq_config(model).get('quant_method')} checkpoint"
+    else:
+        return None
     if compression:
         raise OptionError(f"{model} is a checkpoint already quantized with {done}",
                           "drop -c to export it as it is, or quantize the original model")
@@ -284,6 +293,8 @@ def _checkpoint_compression(model, compression) -> str | None:
               help="Example input with random values; repeatable.")
 @click.option("--example-inputs", type=click.Path(path_type=Path),
               help=".npz or .safetensors file of named example inputs.")
+@click.option("--lossless", is_flag=True,
+              help="A GPTQ-layout checkpoint must convert to Q4_0 exactly (else an error).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @_calibration_options
 @click.pass_context
@@ -310,7 +321,7 @@ def _quantize(o):
     compress.load_registry(o["compression_registry"])   # fail fast on a bad registry
     t0 = time.perf_counter()
     loaded = load_model(o["model"], task=o["task"], input_shapes=o["input_shape"] or (),
-                        example_inputs=o["example_inputs"])
+                        example_inputs=o["example_inputs"], lossless=o["lossless"])
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model"],
              type(loaded.module).__name__)
     t0 = time.perf_counter()
@@ -399,7 +410,7 @@ _LLM_CONFIG_KEYS = {"model_slug", "export_dirpath", "dtype", "f32_attn", "f32_no
                     "calibration_seqlen", "seed", "device", "compression_option",
                     "compression", "compression_registry", "dump_with_tokenizer_and_conf",
                     "tract_check_io_tolerance", "no_verify", "overwrite", "num_logits_to_keep",
-                    "export_dir_struct"}
+                    "export_dir_struct", "lossless"}
 _TOLERANCES = ["exact", "close", "approximate", "very", "super", "ultra"]
 
 
@@ -436,6 +447,8 @@ def _llm_options(fn):
                      help="Logits rows returned: 1 the last token, 0 every input token."),
         click.option("--export-dir-struct", type=click.Choice(["deep", "flat"]), default="deep",
                      show_default=True, help="deep: model/ and tokenizer/ sub-folders."),
+        click.option("--lossless", is_flag=True, help="A GPTQ-layout checkpoint must "
+                     "convert to Q4_0 exactly (else an error)."),
         click.option("--config", "config_file", type=click.Path(path_type=Path),
                      help="TOML file with any of these options; flags override it."),
     ]
@@ -456,7 +469,8 @@ def _export_llm(ctx, config_file, flags):
     import time
     t0 = time.perf_counter()
     quantized = _checkpoint_compression(o["model_slug"], o["compression"])
-    loaded = load_model(o["model_slug"], need_inputs=False, dtype=o["dtype"])
+    loaded = load_model(o["model_slug"], need_inputs=False, dtype=o["dtype"],
+                        lossless=bool(o["lossless"]))
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
              type(loaded.module).__name__)
     tolerance = None if o["no_verify"] else resolve_tolerance(

@@ -312,13 +312,16 @@ def _gguf_model(path: Path, dtype: torch.dtype):
 
 
 def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_inputs=None,
-               need_inputs: bool = True, dtype: str | None = None) -> Loaded:
+               need_inputs: bool = True, dtype: str | None = None,
+               lossless: bool = False) -> Loaded:
     """Load ``spec``: ``module.path:attr``, a Hugging Face folder, a t2n checkpoint folder
     (already quantized: ``Loaded.quantized`` names its compression), a .gguf file, or a cached
     hub id.
     ``need_inputs=False``: the caller makes its own example inputs (export-llm).
     ``dtype`` ("f32" or "f16", default f32): the float type Hugging Face and GGUF weights are
-    loaded in, so that an f16 export never holds a float32 copy of the model."""
+    loaded in, so that an f16 export never holds a float32 copy of the model.
+    ``lossless``: a GPTQ-layout checkpoint whose weights cannot be carried into Q4_0 exactly
+    is refused instead of requantized."""
     if dtype not in (None, "f32", "f16"):
         raise OptionError(f"unknown dtype {dtype!r}", "use f32 or f16")
     weights = torch.float16 if dtype == "f16" else torch.float32
@@ -349,7 +352,14 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
         if not (folder / "config.json").exists():
             raise LoadError(f"{folder} has no config.json",
                             "point to a Hugging Face model folder")
-        module, tokenizer, config = _hf_model(folder, task, weights)
+        from t2n.checkpoint.gptq_format import gptq_config, load_gptq
+        qc = gptq_config(folder)
+        if qc is not None:   # 4-bit weights of another tool: carried into Q4_0
+            module, tokenizer = load_gptq(folder, dtype=dtype, lossless=lossless)
+            config = module.config
+            quantized = f"{qc.get('quant_method')} checkpoint"
+        else:
+            module, tokenizer, config = _hf_model(folder, task, weights)
     module.eval()
 
     vocab = getattr(config, "vocab_size", None) if config is not None else None
