@@ -1,6 +1,7 @@
 """The t2n command line. The only module that prints, sets log levels or picks exit codes."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -247,7 +248,12 @@ def _export(ctx, config_file, flags):
     loaded = load_model(o["model"], task=o["task"],
                         input_shapes=[shapes] if isinstance(shapes, str) else shapes or (),
                         example_inputs=o["example_inputs"], dtype=o["dtype"],
-                        lossless=bool(o["lossless"]))
+                        lossless=bool(o["lossless"]), keep_q4_0=not o["compression"])
+    if loaded.quantized and not quantized:   # a GGUF file whose Q4_0 tensors were kept
+        quantized = loaded.quantized
+        options = dataclasses.replace(options, check_io=None if o["no_verify"] else
+                                      resolve_tolerance(o["check_io"] or "auto", o["dtype"],
+                                                        quantized))
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model"],
              type(loaded.module).__name__)
     # the model is referenced only through `loaded`, so that release() can free it before
@@ -470,7 +476,8 @@ def _export_llm(ctx, config_file, flags):
     t0 = time.perf_counter()
     quantized = _checkpoint_compression(o["model_slug"], o["compression"])
     loaded = load_model(o["model_slug"], need_inputs=False, dtype=o["dtype"],
-                        lossless=bool(o["lossless"]))
+                        lossless=bool(o["lossless"]), keep_q4_0=not o["compression"])
+    quantized = quantized or loaded.quantized
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
              type(loaded.module).__name__)
     tolerance = None if o["no_verify"] else resolve_tolerance(

@@ -313,7 +313,7 @@ def _gguf_model(path: Path, dtype: torch.dtype):
 
 def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_inputs=None,
                need_inputs: bool = True, dtype: str | None = None,
-               lossless: bool = False) -> Loaded:
+               lossless: bool = False, keep_q4_0: bool = False) -> Loaded:
     """Load ``spec``: ``module.path:attr``, a Hugging Face folder, a t2n checkpoint folder
     (already quantized: ``Loaded.quantized`` names its compression), a .gguf file, or a cached
     hub id.
@@ -321,7 +321,9 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
     ``dtype`` ("f32" or "f16", default f32): the float type Hugging Face and GGUF weights are
     loaded in, so that an f16 export never holds a float32 copy of the model.
     ``lossless``: a GPTQ-layout checkpoint whose weights cannot be carried into Q4_0 exactly
-    is refused instead of requantized."""
+    is refused instead of requantized. ``keep_q4_0``: a GGUF file's Q4_0 tensors are carried
+    into the model as they are (its weights stay quantized: pass it when no other compression
+    follows)."""
     if dtype not in (None, "f32", "f16"):
         raise OptionError(f"unknown dtype {dtype!r}", "use f32 or f16")
     weights = torch.float16 if dtype == "f16" else torch.float32
@@ -336,6 +338,10 @@ def load_model(spec: str, *, task: str | None = None, input_shapes=(), example_i
         quantized = ck.compression or "unknown"
     elif path.is_file() and path.suffix == ".gguf":
         module, tokenizer, config = _gguf_model(path, weights)
+        if keep_q4_0:
+            from t2n.checkpoint.gguf_q4_0 import carry_q4_0
+            if carry_q4_0(module, path):
+                quantized = "gguf q4_0"
     elif path.is_dir():
         folder = path
     elif ":" in spec and not path.exists():
