@@ -1,6 +1,6 @@
 """GGUF Q4_0 tensors reach the bundle as they are: a Q4_0 GGUF of SmolLM2 (written with
-llama.cpp's own Python package, gguf-py: its metadata copied, every Q4_1 weight re-encoded by its
-Q4_0 reference quantizer) exports to a bundle whose Q4_0 .dat files hold the GGUF's blocks."""
+llama.cpp's own Python package, gguf-py: its metadata copied, every quantized weight re-encoded
+by its Q4_0 reference quantizer) exports to a bundle whose Q4_0 .dat files hold the GGUF's blocks."""
 import tarfile
 
 import numpy as np
@@ -11,7 +11,8 @@ from test_calibrated_cli import t2n
 
 
 def q4_0_copy(src, dst):
-    """``src`` with every Q4_1 tensor re-encoded as Q4_0 (gguf-py's reference quantizer);
+    """``src`` with every Q4_1 and Q8_0 tensor (the embedding) re-encoded as Q4_0 (gguf-py's
+    reference quantizer, as llama.cpp's --pure Q4_0);
     returns ``{tensor name: raw Q4_0 bytes}``."""
     import gguf
     reader = gguf.GGUFReader(str(src))
@@ -26,7 +27,7 @@ def q4_0_copy(src, dst):
     blocks, datas = {}, []
     for t in reader.tensors:
         data, kind = t.data, t.tensor_type
-        if kind == gguf.GGMLQuantizationType.Q4_1:
+        if kind in (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0):
             values = gguf.quants.dequantize(t.data, kind)
             data = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q4_0)
             kind = gguf.GGMLQuantizationType.Q4_0
@@ -63,5 +64,6 @@ def test_a_q4_0_gguf_keeps_its_blocks_in_the_bundle(tmp_path):
         rows = np.frombuffer(payload, np.uint8).reshape(-1, 18)
         assert all(bytes(r) in gguf_blocks for r in rows[:: max(1, len(rows) // 64)]), name
     # the embedding (tied with the head) holds exactly the GGUF's token_embd blocks, in order
-    emb = [d for n, d in q4.items() if "embed_tokens" in n]
-    assert emb and emb[0] == blocks["token_embd.weight"]
+    table = blocks["token_embd.weight"]
+    emb = [d for d in q4.values() if len(d) == len(table)]
+    assert len(emb) == 1 and emb[0] == table
