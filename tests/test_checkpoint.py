@@ -75,6 +75,7 @@ def _files(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow   # starts several t2n processes: with the real-model tests
 def test_quantize_once_then_export_is_byte_identical_to_a_direct_export(tiny_folder, tmp_path):
     (tmp_path / "calib.txt").write_text(PROSE)
     cal = ["--calibration-data", "calib.txt", "--calibration-samples", "4",

@@ -161,6 +161,7 @@ STAND_IN = textwrap.dedent("""\
 """)
 
 
+@pytest.mark.slow   # starts several t2n processes: with the real-model tests
 def test_tract_binary_option(workdir):
     exe = workdir / "tract"
     exe.write_text(STAND_IN.format(python=sys.executable))

@@ -102,6 +102,7 @@ def test_other_layouts_are_requantized_with_a_log_line_or_refused(tmp_path, case
         load_gptq(folder, lossless=True)
 
 
+@pytest.mark.slow   # starts several t2n processes: with the real-model tests
 def test_gptq_checkpoint_exports_and_tract_matches_its_dequantized_model(tmp_path):
     folder, _ = gptq_folder(tmp_path / "ckpt")
     proc = t2n(tmp_path, "export", "ckpt", "out", "--input-shape", "input_ids=1,8:i64",

@@ -194,6 +194,7 @@ def test_percentile_observer_clips_outliers():
     assert ranges["percentile"] < ranges["minmax"] / 10
 
 
+@pytest.mark.slow   # starts several t2n processes: with the real-model tests
 def test_ptq_int8_cli_with_npz_calibration(tmp_path):
     torch.manual_seed(0)
     model_file = tmp_path / "mlp_model.py"

@@ -128,6 +128,7 @@ def test_torch_to_nnef_flags_used_or_ignored_with_a_warning(tiny_folder, tmp_pat
     assert proc.stdout.splitlines()[-1].startswith("A river carries water from the hills to the sea|")
 
 
+@pytest.mark.slow   # starts several t2n processes: with the real-model tests
 def test_export_llm_config_file_and_flag_override(tiny_folder, tmp_path):
     """A CI export job's TOML file supplies the options; a flag on the command line wins."""
     config = tmp_path / "export.toml"
@@ -153,6 +154,7 @@ export_dir_struct = "deep"
     assert "unknown keys: export_dir" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow   # starts several t2n processes: with the real-model tests
 def test_export_llm_folder_without_tokenizer(tmp_path):
     """A model folder alone (random example tokens): what a benchmark or a fresh checkpoint has."""
     torch.manual_seed(0)
