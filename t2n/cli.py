@@ -275,10 +275,11 @@ def _checkpoint_compression(model, compression) -> str | None:
     from t2n.checkpoint.gptq_format import gptq_config
     if not model or not Path(model).is_dir():
         return None
+    other = gptq_config(model)
     if is_checkpoint(model):
         done = read_map(model).get("record", {}).get("compression") or "unknown"
-    elif gptq_config(model) is not None:
-        done = f"{gptq_config(model).get('quant_method')} checkpoint"
+    elif other is not None:
+        done = f"{other.get('quant_method')} checkpoint"
     else:
         return None
     if compression:

@@ -22,19 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2n.quant.q4_0 import BLOCK, BLOCK_BYTES, Q4_0Tensor
+from t2n.quant.q4_0 import BLOCK, BLOCK_BYTES, Q4_0Tensor, dequantize, unpack
 
 __all__ = ["carry_q4_0"]
 
 log = logging.getLogger(__name__)
-
-
-def _decode(blocks: np.ndarray) -> np.ndarray:
-    """float32 values ``[n, 32]`` of raw Q4_0 blocks ``[n, 18]``."""
-    d = blocks[:, :2].copy().view("<f2").astype(np.float32)
-    nib = blocks[:, 2:]
-    q = np.concatenate([nib & 0x0F, nib >> 4], axis=1).astype(np.float32) - 8
-    return q * d
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -80,7 +72,7 @@ def carry_q4_0(model: nn.Module, path) -> int:
         k = int(t.shape[0])
         n = int(t.n_elements) // k
         raw = np.asarray(t.data, dtype=np.uint8).reshape(n * (k // BLOCK), BLOCK_BYTES)
-        values = _decode(raw).reshape(n, k)
+        values = dequantize(*unpack(raw, len(raw)), (n, k))
         for key in by_shape.get((n, k), []):
             p = params[key]
             np_dtype = {torch.float32: np.float32, torch.float16: np.float16}.get(p.dtype)

@@ -73,8 +73,7 @@ def _pack_values(values: torch.Tensor, bits: int, axis: int) -> torch.Tensor:
     else:
         v = v.reshape(v.shape[0], -1, per)
         out = sum(v[:, :, b] << (bits * b) for b in range(per))
-    return (out & 0xFFFFFFFF).to(torch.uint32).view(torch.int32) if hasattr(torch, "uint32") \
-        else torch.from_numpy((out.numpy() & 0xFFFFFFFF).astype(np.uint32).view(np.int32))
+    return torch.from_numpy((out.numpy() & 0xFFFFFFFF).astype(np.uint32).view(np.int32))
 
 
 def unpack_gptq(parts: dict, bits: int, v2: bool) -> tuple:

@@ -4,13 +4,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from t2n.checkpoint.store import WEIGHTS_NAME, read_map
 
 __all__ = ["checkpoint_info"]
-
-_ITEM_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8,
-               "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
-
 
 def _stored_bytes(entry: dict) -> int:
     n = 1
@@ -18,7 +16,7 @@ def _stored_bytes(entry: dict) -> int:
         n *= int(d)
     if entry["storage"] == "q4_0":
         return n // 32 * 18
-    return n * _ITEM_BYTES.get(entry.get("dtype", "float32"), 4)
+    return n * getattr(torch, entry.get("dtype", "float32")).itemsize
 
 
 def checkpoint_info(path) -> str:

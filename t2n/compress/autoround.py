@@ -26,6 +26,7 @@ Presets (each value overridable): ``default`` fits SmolLM2-135M on 2 CPU cores i
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -90,12 +91,18 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     AVX512-BF16 or AMX), else float32 (emulated bf16 would be slower)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    """Read once: every block asks."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
     except OSError:
-        return torch.float32
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class _FakeQuant(torch.autograd.Function):
