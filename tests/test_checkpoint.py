@@ -63,11 +63,63 @@ def test_a_damaged_checkpoint_is_refused_with_the_fix(tmp_path):
         save_quantized(model, path)
 
 
-def test_eight_bit_compressions_are_refused_before_anything_is_written():
-    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
-    with pytest.raises(CompressionError, match="8-bit modules"):
-        quantize(model, "ptq_int8", calibration=[{"input": torch.randn(2, 16)}],
-                 lm=False, args=(torch.randn(2, 16),))
+CNN = """import torch
+from torch import nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+"""
+
+
+def test_eight_bit_weights_keep_their_grid_and_the_bundle_is_byte_identical(tmp_path,
+                                                                           monkeypatch):
+    import copy
+
+    import t2n
+    from t2n.checkpoint.info import checkpoint_info
+    from t2n.quant.int8 import QuantizedConv, QuantizedLinear
+    (tmp_path / "ckpt_cnn.py").write_text(CNN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from ckpt_cnn import Net
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    model = quantize(Net().eval(), "ptq_int8", lm=False, args=(x,),
+                     calibration=[torch.randn(1, 3, 8, 8, generator=gen) for _ in range(8)])
+    path = save_quantized(model, tmp_path / "ckpt", source="ckpt_cnn:Net")
+    qmap = json.loads((path / "quantization.json").read_text())
+    assert qmap["tensors"]["fc.weight"]["storage"] == "int8"
+    assert qmap["tensors"]["conv.conv.weight"] == {"tied_to": "conv.weight", "kind": "param"}
+    assert qmap["int8_layers"]["conv"]["output"][2] == "quint8"
+    from safetensors.torch import load_file
+    stored = load_file(path / "model.safetensors")
+    assert stored["fc.weight.int8_levels"].dtype == torch.int8 and "fc.weight" not in stored
+    ck = load_quantized(path)
+    assert type(ck.module.conv) is QuantizedConv and type(ck.module.fc) is QuantizedLinear
+    assert ck.module.conv.out_qparams == model.conv.out_qparams
+    assert ck.module.conv.weight is ck.module.conv.conv.weight
+    for name, p in model.named_parameters():
+        assert torch.equal(dict(ck.module.named_parameters())[name], p), name
+    with torch.no_grad():
+        assert torch.equal(ck.module(x), model(x))
+    a = t2n.export(copy.deepcopy(model), x, tmp_path / "direct")
+    b = t2n.export(ck.module, x, tmp_path / "from_ckpt")
+    assert a.verification.passed and b.verification.passed
+    ours, direct = _files(tmp_path / "from_ckpt"), _files(tmp_path / "direct")
+    assert ours.keys() == direct.keys() and "graph.quant" in ours
+    assert [k for k in ours if ours[k] != direct[k]] == []
+    info = checkpoint_info(path)
+    assert "int8       2 tensor(s)" in info and "method: ptq_int8" in info
+    # a weight moved off its 8-bit grid is refused rather than stored rounded
+    with torch.no_grad():
+        model.fc.weight.add_(1e-4)
+    with pytest.raises(WriteError, match="fc.weight is not on its grid"):
+        save_quantized(model, tmp_path / "bad", source="ckpt_cnn:Net")
+    assert not (tmp_path / "bad").exists()
 
 
 def _files(folder: Path) -> dict:

@@ -5,15 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from t2n import compress
-from t2n.errors import CompressionError
 
 __all__ = ["quantize"]
-
-
-def _has_8bit_modules(model: nn.Module) -> bool:
-    from t2n.quant import int8
-    kinds = (int8.FakeQuant, int8._QuantizedLayer)
-    return any(isinstance(m, kinds) for m in model.modules())
 
 
 def quantize(model: nn.Module, compression: str, *, tokenizer=None, calibration=None,
@@ -34,9 +27,6 @@ def quantize(model: nn.Module, compression: str, *, tokenizer=None, calibration=
                             kwargs=kwargs, lm=lm)
     out = compress.apply(model, compression, registry_path=registry, tokenizer=tokenizer,
                          calibration=cal, options=options)
-    if _has_8bit_modules(out):
-        raise CompressionError(f"{compression} makes 8-bit modules, which checkpoints do not "
-                               "hold yet", "export with -c directly, or use a Q4_0 compression")
     out.t2n_quantization = {"compression": compression, "options": dict(options or {}),
                             "registry": registry,
                             "calibration": (cal.report or {}).get("calibration") if cal else None,

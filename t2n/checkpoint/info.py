@@ -16,6 +16,8 @@ def _stored_bytes(entry: dict) -> int:
         n *= int(d)
     if entry["storage"] == "q4_0":
         return n // 32 * 18
+    if entry["storage"] == "int8":
+        return n
     return n * getattr(torch, entry.get("dtype", "float32")).itemsize
 
 

@@ -7,11 +7,15 @@ Layout (written whole into a temporary folder beside the destination, then moved
                           a float tensor as it is; a Q4_0 weight ``NAME`` as two tensors,
                           ``NAME.q4_0_scales`` (float16 [n_blocks]) and ``NAME.q4_0_levels``
                           (uint8 [n_blocks, 16], two levels per byte as GGML/tract pack them:
-                          low nibble value j, high nibble value j + 16, stored as level + 8)
+                          low nibble value j, high nibble value j + 16, stored as level + 8);
+                          an 8-bit weight (ptq_int8) as ``NAME.int8_levels`` (int8, or uint8
+                          for an unsigned grid), its scale and zero point in the map
     quantization.json     the map: format and version, how to rebuild the module (a
-                          transformers class with its config, or a dotted path), and for each
-                          tensor name its storage (float / q4_0), logical shape and float dtype,
-                          or the name it is tied to; plus the record of how it was made
+                          transformers class with its config, or a dotted path), the 8-bit
+                          layers that replace float ones (their input/output quantization),
+                          and for each tensor name its storage (float / q4_0 / int8), logical
+                          shape and float dtype, or the name it is tied to; plus the record of
+                          how it was made
                           (compression, options, calibration source and digest, t2n version)
     config.json, tokenizer files   as transformers writes them (Hugging Face models)
 
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 FORMAT, VERSION = "t2n-quantized", 1
 MAP_NAME, WEIGHTS_NAME = "quantization.json", "model.safetensors"
 _SCALES, _LEVELS = ".q4_0_scales", ".q4_0_levels"
+_INT8 = ".int8_levels"
+_QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8}
 _REMAKE = "quantize the model again with 't2n quantize'"
 
 
@@ -91,6 +97,50 @@ def _builder(model: nn.Module, source: str | None) -> dict:
                      "dotted path t2n loaded it from)")
 
 
+def _qparams_out(qparams) -> list | None:
+    if qparams is None:
+        return None
+    scale, zero_point, dtype = qparams
+    return [float(scale), int(zero_point), str(dtype).replace("torch.", "")]
+
+
+def _qparams_in(value) -> tuple | None:
+    if value is None:
+        return None
+    scale, zero_point, dtype = value
+    return float(scale), int(zero_point), _QDTYPES[dtype]
+
+
+def _eight_bit_layers(model: nn.Module) -> tuple[dict, dict]:
+    """``(layers, weights)``: each 8-bit layer ptq_int8 made (name -> how to rebuild it around
+    the float layer it replaced) and the weight parameters they hold (id -> weight qparams)."""
+    from t2n.quant.int8 import FakeQuant, QuantizedConv, QuantizedLinear, _QuantizedLayer
+    layers, weights = {}, {}
+    for name, m in model.named_modules():
+        if type(m) in (QuantizedLinear, QuantizedConv):
+            layers[name] = {"type": "linear" if type(m) is QuantizedLinear else "conv",
+                            "weight": _qparams_out(m.w_qparams),
+                            "input": _qparams_out(m.in_qparams),
+                            "output": _qparams_out(m.out_qparams), "relu": bool(m.relu)}
+            weights[id(m.weight)] = m.w_qparams
+        elif isinstance(m, (FakeQuant, _QuantizedLayer)):
+            raise WriteError(f"{name or 'the model'} is a {type(m).__name__}, which a checkpoint "
+                             "cannot store", "save models compressed by ptq_int8 or to Q4_0")
+    return layers, weights
+
+
+def _int8_levels(name: str, t: torch.Tensor, qparams) -> torch.Tensor:
+    """The integer levels of a weight on its 8-bit grid (refused if it is off the grid)."""
+    scale, zero_point, dtype = qparams
+    lo, hi = (-128, 127) if dtype == torch.qint8 else (0, 255)
+    w = t.detach().cpu().float()
+    q = (torch.round(w / scale) + zero_point).clamp(lo, hi)
+    if not torch.equal((q - zero_point) * scale, w):
+        raise WriteError(f"8-bit weight {name} is not on its grid (scale {scale}, zero point "
+                         f"{zero_point})", "save the model ptq_int8 returned, unchanged")
+    return q.to(torch.int8 if dtype == torch.qint8 else torch.uint8)
+
+
 def save_quantized(model: nn.Module, path, *, tokenizer=None, record: dict | None = None,
                    source: str | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` (compressed by a t2n compression) as a checkpoint folder at ``path``.
@@ -104,6 +154,7 @@ def save_quantized(model: nn.Module, path, *, tokenizer=None, record: dict | Non
     builder = _builder(model, source)
     record = dict(record if record is not None else getattr(model, "t2n_quantization", {}))
     record.setdefault("t2n_version", __version__)
+    layers, int8_weights = _eight_bit_layers(model)
     folder = staging(path, overwrite)
     try:
         stored: dict[str, torch.Tensor] = {}
@@ -122,6 +173,12 @@ def save_quantized(model: nn.Module, path, *, tokenizer=None, record: dict | Non
                 stored[name + _LEVELS] = raw[:, 2:].contiguous()
                 entries[name] = {"storage": "q4_0", "shape": shape, "dtype": dtype,
                                  "kind": kind}
+            elif key in int8_weights:
+                scale, zero_point, qdtype = _qparams_out(int8_weights[key])
+                stored[name + _INT8] = _int8_levels(name, t, int8_weights[key])
+                entries[name] = {"storage": "int8", "scale": scale, "zero_point": zero_point,
+                                 "qdtype": qdtype, "shape": shape, "dtype": dtype,
+                                 "kind": kind}
             else:
                 if type(t) not in (torch.Tensor, nn.Parameter):
                     raise WriteError(f"tensor {name} is a {type(t).__name__}, which a "
@@ -133,6 +190,8 @@ def save_quantized(model: nn.Module, path, *, tokenizer=None, record: dict | Non
         save_file(stored, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
         qmap = {"format": FORMAT, "version": VERSION, "builder": builder,
                 "record": record, "tensors": entries}
+        if layers:
+            qmap["int8_layers"] = layers
         (folder / MAP_NAME).write_text(json.dumps(qmap, indent=1, default=str) + "\n")
         if builder["kind"] == "transformers":
             model.config.save_pretrained(folder)
@@ -199,6 +258,23 @@ def _set(model: nn.Module, name: str, value: torch.Tensor, kind: str) -> None:
         module._buffers[leaf] = value
 
 
+def _swap_int8_layers(path: Path, model: nn.Module, layers: dict) -> None:
+    """Put the 8-bit layers back in place of the float ones they replaced."""
+    from t2n.quant.int8 import QuantizedConv, QuantizedLinear, set_submodule
+    for name, spec in layers.items():
+        try:
+            base = model.get_submodule(name)
+            w_q, in_q, out_q = (_qparams_in(spec[k]) for k in ("weight", "input", "output"))
+            if spec["type"] == "linear":
+                new = QuantizedLinear(base.weight, base.bias, w_q, out_q, spec["relu"], in_q)
+            else:
+                new = QuantizedConv(base, w_q, out_q, spec["relu"], in_q)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise LoadError(f"{path / MAP_NAME}: 8-bit layer {name} cannot be rebuilt ({e})",
+                            _REMAKE) from e
+        set_submodule(model, name, new)
+
+
 def load_quantized(path, *, dtype: str | None = None) -> Checkpoint:
     """The model of checkpoint ``path``, its tokenizer and record. ``dtype`` ("f32"/"f16"):
     the float type of its float tensors (Q4_0 weights keep their blocks)."""
@@ -210,6 +286,7 @@ def load_quantized(path, *, dtype: str | None = None) -> Checkpoint:
     if not weights.is_file():
         raise LoadError(f"{path} has no {WEIGHTS_NAME}", _REMAKE)
     model = _build(path, qmap.get("builder", {}), want)
+    _swap_int8_layers(path, model, qmap.get("int8_layers", {}))
     entries = qmap.get("tensors", {})
     loaded: dict[str, torch.Tensor] = {}
     with safe_open(str(weights), framework="pt") as f:
@@ -234,6 +311,14 @@ def load_quantized(path, *, dtype: str | None = None) -> Checkpoint:
                 packed[:, :2] = scales.contiguous().view(torch.uint8).reshape(n, 2)
                 packed[:, 2:] = levels
                 value = Q4_0Tensor(packed, e["shape"], want or float_dtype)
+            elif e.get("storage") == "int8":
+                levels = get(name + _INT8)
+                if list(levels.shape) != list(e["shape"]):
+                    raise LoadError(f"{weights}: 8-bit tensor {name} is {list(levels.shape)}, "
+                                    f"the map says {e['shape']}", _REMAKE)
+                # the same float values ptq_int8 put on the grid, bit for bit
+                value = (levels.to(torch.float32) - int(e["zero_point"])) * float(e["scale"])
+                value = value.to(want or float_dtype)
             else:
                 value = get(name)
                 if list(value.shape) != list(e["shape"]):
