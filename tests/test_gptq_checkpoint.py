@@ -23,7 +23,8 @@ def _config(**extra):
                        tie_word_embeddings=True, architectures=["LlamaForCausalLM"], **extra)
 
 
-def gptq_folder(path, *, group=64, zeros=8, act_order=False, v2=False, seed=0):
+def gptq_folder(path, *, group=64, zeros=8, act_order=False, layout="gptq", seed=0,
+                quantization=None):
     """A tiny Llama whose Linears (not the tied head) are stored in the GPTQ layout; returns
     the folder and the float model holding the dequantized weights (the reference)."""
     torch.manual_seed(seed)
@@ -45,15 +46,16 @@ def gptq_folder(path, *, group=64, zeros=8, act_order=False, v2=False, seed=0):
         weight = ((q - z[g_idx]).float() * scales.float()[g_idx]).T.contiguous()
         module.weight.data.copy_(weight)
         del state[f"{name}.weight"]
-        for part, value in pack_gptq(q, z, scales, g_idx, v2=v2).items():
+        for part, value in pack_gptq(q, z, scales, None if quantization else g_idx,
+                                       layout=layout).items():
             state[f"{name}.{part}"] = value
     state.pop("lm_head.weight", None)
     path.mkdir()
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
     config = _config().to_dict()
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": group,
-                                     "sym": zeros == 8, "desc_act": act_order,
-                                     "checkpoint_format": "gptq_v2" if v2 else "gptq"}
+    config["quantization_config"] = quantization or {
+        "quant_method": "gptq", "bits": 4, "group_size": group, "sym": zeros == 8,
+        "desc_act": act_order, "checkpoint_format": layout}
     (path / "config.json").write_text(json.dumps(config))
     return path, ref
 
@@ -64,15 +66,38 @@ def test_packing_round_trips():
     z = torch.randint(1, 16, (2, 16), generator=g)   # the gptq format stores z - 1 in 4 bits
     s = torch.rand(2, 16, generator=g).half()
     idx = torch.arange(64) // 32
-    for v2 in (False, True):
-        q2, z2, s2, i2 = unpack_gptq(pack_gptq(q, z, s, idx, v2=v2), 4, v2)
-        assert torch.equal(q2, q) and torch.equal(z2, z) and torch.equal(i2, idx)
-        assert torch.equal(s2, s.float())
+    for layout in ("gptq", "gptq_v2", "awq"):
+        q2, z2, s2, i2 = unpack_gptq(pack_gptq(q, z, s, idx, layout=layout), 4, layout)
+        assert torch.equal(q2, q) and torch.equal(z2, z) and torch.equal(s2, s.float())
+        assert torch.equal(i2, idx) if layout != "awq" else i2 is None
 
 
-@pytest.mark.parametrize("v2", [False, True], ids=["gptq", "gptq_v2"])
-def test_symmetric_groups_of_64_are_carried_into_q4_0_exactly(tmp_path, v2):
-    folder, ref = gptq_folder(tmp_path / "ckpt", v2=v2)
+def test_awq_columns_sit_in_the_interleaved_nibbles():
+    """One int32 of AWQ's layout holds columns 0..7 in nibbles 0, 4, 1, 5, 2, 6, 3, 7 (the
+    order auto-round's and AutoAWQ's packers use); a plain column order must not decode."""
+    q = torch.arange(8).reshape(1, 8)     # column j holds level j
+    packed = pack_gptq(q, q, torch.ones(1, 8), None, layout="awq")["qweight"]
+    nibbles = [(int(packed[0, 0]) >> (4 * s)) & 15 for s in range(8)]
+    assert nibbles == [0, 2, 4, 6, 1, 3, 5, 7]
+    plain = torch.tensor([[sum(j << (4 * j) for j in range(8))]], dtype=torch.int32)
+    decoded, *_ = unpack_gptq({"qweight": plain, "qzeros": plain, "scales": torch.ones(1, 8)},
+                              4, "awq")
+    assert decoded.tolist() == [[0, 4, 1, 5, 2, 6, 3, 7]]   # column j from nibble order[j]
+
+
+AUTO_ROUND = {"quant_method": "auto-round", "bits": 4, "group_size": 64, "sym": True,
+              "data_type": "int", "packing_format": "auto_round:auto_gptq"}
+
+
+@pytest.mark.parametrize("layout, quantization", [
+    ("gptq", None), ("gptq_v2", None), ("gptq", AUTO_ROUND),
+    ("gptq_v2", dict(AUTO_ROUND, packing_format="auto_round:gptqmodel")),
+    ("awq", dict(AUTO_ROUND, packing_format="auto_round:auto_awq")),
+    ("awq", {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True,
+             "version": "gemm"})],
+    ids=["gptq", "gptq_v2", "auto_round", "auto_round-gptqmodel", "auto_round-awq", "awq"])
+def test_symmetric_groups_of_64_are_carried_into_q4_0_exactly(tmp_path, layout, quantization):
+    folder, ref = gptq_folder(tmp_path / "ckpt", layout=layout, quantization=quantization)
     model, _ = load_gptq(folder)
     quantized = 0
     for (name, m), (_, r) in zip(model.named_modules(), ref.named_modules()):
@@ -86,13 +111,16 @@ def test_symmetric_groups_of_64_are_carried_into_q4_0_exactly(tmp_path, v2):
         assert torch.equal(model(ids).logits, ref(ids).logits)
 
 
-@pytest.mark.parametrize("case", ["asymmetric", "act-order"])
+@pytest.mark.parametrize("case", ["asymmetric", "act-order", "asymmetric-awq"])
 def test_other_layouts_are_requantized_with_a_log_line_or_refused(tmp_path, case, caplog):
-    kwargs = {"zeros": "random"} if case == "asymmetric" else {"act_order": True}
-    folder, ref = gptq_folder(tmp_path / "ckpt", **kwargs)
+    kwargs = {"asymmetric": {"zeros": "random"}, "act-order": {"act_order": True},
+              "asymmetric-awq": {"zeros": "random", "layout": "awq",   # auto-round's asym export
+                                 "quantization": dict(AUTO_ROUND, sym=False,
+                                                      packing_format="auto_round:auto_awq")}}
+    folder, ref = gptq_folder(tmp_path / "ckpt", **kwargs[case])
     with caplog.at_level("INFO"):
         model, _ = load_gptq(folder)
-    why = "asymmetric zero points" if case == "asymmetric" else "act-order"
+    why = "act-order" if case == "act-order" else "asymmetric zero points"
     assert any(why in r.message and "requantized to Q4_0" in r.message for r in caplog.records)
     w, r = model.model.layers[0].mlp.down_proj.weight, ref.model.layers[0].mlp.down_proj.weight
     assert isinstance(w, Q4_0Tensor)
@@ -100,6 +128,13 @@ def test_other_layouts_are_requantized_with_a_log_line_or_refused(tmp_path, case
     assert 0 < err <= float(r.abs().max()) / 7   # within the Q4_0 grid of each block
     with pytest.raises(LoadError, match=f"cannot be carried into Q4_0 exactly \\({why}"):
         load_gptq(folder, lossless=True)
+
+
+def test_packing_formats_it_cannot_read_are_refused_with_the_fix(tmp_path):
+    folder, _ = gptq_folder(tmp_path / "ckpt", quantization=dict(
+        AUTO_ROUND, packing_format="auto_round:llm_compressor"))
+    with pytest.raises(LoadError, match="packing format 'auto_round:llm_compressor' is not read"):
+        load_gptq(folder)
 
 
 @pytest.mark.slow   # starts several t2n processes: with the real-model tests

@@ -1,12 +1,19 @@
 """4-bit checkpoints in the GPTQ layout (what auto-gptq, GPTQModel and auto-round's
-``auto_gptq`` export write), read into Q4_0 weights.
+``auto_gptq`` export write), in auto-round's own format (``quant_method: auto-round``, whose
+``packing_format`` names the layout) and in AutoAWQ's GEMM layout, read into Q4_0 weights.
 
 A quantized Linear ``in -> out`` is stored as ``qweight`` int32 ``[in * bits / 32, out]`` (each
 int32 holds ``32 / bits`` consecutive input rows, the first in the low bits), ``qzeros`` int32
 ``[groups, out * bits / 32]`` (consecutive output columns packed the same way), ``scales``
 float16 ``[groups, out]``, ``g_idx`` int32 ``[in]`` (the group of each input row) and an
 optional ``bias``. A weight decodes to ``scale[g, o] * (q[i, o] - z[g, o])``; the ``gptq``
-checkpoint format stores ``z - 1``, ``gptq_v2`` stores ``z``.
+checkpoint format stores ``z - 1``, ``gptq_v2`` stores ``z``. auto-round's own format uses
+this layout with ``packing_format`` ``auto_round:auto_gptq`` (``z - 1``) or ``auto_round`` /
+``auto_round:gptqmodel`` (``z``), and AWQ's with ``auto_round:auto_awq``. The AWQ layout packs
+along output columns instead: ``qweight`` int32 ``[in, out * bits / 32]`` and ``qzeros``
+``[groups, out * bits / 32]``, each int32 holding eight consecutive columns in the slot order
+0, 4, 1, 5, 2, 6, 3, 7 (column j in nibble ``order[j]``), zero points stored as they are, no
+``g_idx``.
 
 Q4_0 keeps 32 consecutive inputs of one output row with one float16 scale and levels
 ``q - 8``: a 4-bit symmetric group (every zero point 8) whose size is a multiple of 32, rows in
@@ -28,12 +35,19 @@ from torch import nn
 from t2n.errors import LoadError
 from t2n.quant.q4_0 import BLOCK, Q4_0Tensor
 
-__all__ = ["gptq_config", "load_gptq", "pack_gptq", "unpack_gptq"]
+__all__ = ["LAYOUTS", "gptq_config", "layout_of", "load_gptq", "pack_gptq", "unpack_gptq"]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gptq", "auto-round", "autoround")
+METHODS = ("gptq", "auto-round", "autoround", "awq")
 _PARTS = ("qweight", "qzeros", "scales", "g_idx")
+LAYOUTS = ("gptq", "gptq_v2", "awq")
+# auto-round's packing formats -> layout (anything else is one of its other storage kinds)
+_AUTO_ROUND = {"": "gptq", "auto": "gptq", "auto_round:auto_gptq": "gptq",
+               "auto_round:gptq": "gptq", "auto_round": "gptq_v2",
+               "auto_round:gptqmodel": "gptq_v2", "auto_round:auto_awq": "awq",
+               "auto_round:awq": "awq"}
+_AWQ_SLOT = [0, 4, 1, 5, 2, 6, 3, 7]    # the nibble holding column j of eight (4-bit AWQ)
 
 
 def gptq_config(folder) -> dict | None:
@@ -46,6 +60,26 @@ def gptq_config(folder) -> dict | None:
     if isinstance(q, dict) and str(q.get("quant_method", "")).lower() in METHODS:
         return q
     return None
+
+
+def layout_of(qc: dict, folder) -> str:
+    """The packing layout (one of LAYOUTS) a ``quantization_config`` declares."""
+    method = str(qc.get("quant_method", "")).lower()
+    if method == "gptq":
+        return "gptq_v2" if str(qc.get("checkpoint_format", "gptq")).lower() == "gptq_v2" \
+            else "gptq"
+    if method == "awq":
+        version = str(qc.get("version", "gemm")).lower()
+        if version != "gemm":
+            raise LoadError(f"{folder}: AWQ checkpoints of version {version!r} are not read "
+                            "(only 'gemm')", "export the model with AutoAWQ's GEMM version")
+        return "awq"
+    packing = str(qc.get("packing_format") or "").lower()
+    if packing not in _AUTO_ROUND:
+        raise LoadError(f"{folder}: auto-round's packing format {packing!r} is not read (only "
+                        f"{', '.join(sorted(k for k in _AUTO_ROUND if k))})",
+                        "export it from auto-round with format='auto_round' or 'auto_gptq'")
+    return _AUTO_ROUND[packing]
 
 
 def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -76,28 +110,49 @@ def _pack_values(values: torch.Tensor, bits: int, axis: int) -> torch.Tensor:
     return torch.from_numpy((out.numpy() & 0xFFFFFFFF).astype(np.uint32).view(np.int32))
 
 
-def unpack_gptq(parts: dict, bits: int, v2: bool) -> tuple:
-    """``(q [in, out], zeros [groups, out], scales [groups, out], g_idx [in])`` as int64/float."""
-    q = _unpack_rows(parts["qweight"], bits)
-    zeros = _unpack_cols(parts["qzeros"], bits) + (0 if v2 else 1)
+def unpack_gptq(parts: dict, bits: int, layout: str = "gptq") -> tuple:
+    """``(q [in, out], zeros [groups, out], scales [groups, out], g_idx [in] or None)`` as
+    int64/float, from the stored tensors of one Linear in ``layout`` (see LAYOUTS)."""
     scales = parts["scales"].float()
+    if layout == "awq":
+        if bits != 4:
+            raise LoadError(f"{bits}-bit AWQ weights are not read", "use a 4-bit checkpoint")
+
+        def cols(packed):
+            v = _unpack_cols(packed, bits)
+            return v.reshape(v.shape[0], -1, 8)[:, :, _AWQ_SLOT].reshape(v.shape[0], -1)
+        return cols(parts["qweight"]), cols(parts["qzeros"])[:, :scales.shape[1]], scales, None
+    q = _unpack_rows(parts["qweight"], bits)
+    zeros = _unpack_cols(parts["qzeros"], bits) + (0 if layout == "gptq_v2" else 1)
     g_idx = parts["g_idx"].to(torch.int64) if parts.get("g_idx") is not None else None
     return q, zeros[:, :scales.shape[1]], scales, g_idx
 
 
-def pack_gptq(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
-              bits: int = 4, v2: bool = False) -> dict:
+def pack_gptq(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
+              g_idx: torch.Tensor | None, bits: int = 4, layout: str = "gptq") -> dict:
     """The stored tensors of levels ``q [in, out]`` in 0..2^bits-1, zero points ``[groups,
-    out]``, scales ``[groups, out]`` and ``g_idx [in]`` (the inverse of ``unpack_gptq``; tests
-    and tools build checkpoints with it)."""
-    return {"qweight": _pack_values(q, bits, 0),
-            "qzeros": _pack_values(zeros - (0 if v2 else 1), bits, 1),
-            "scales": scales.to(torch.float16), "g_idx": g_idx.to(torch.int32)}
+    out]``, scales ``[groups, out]`` and ``g_idx [in]`` in ``layout`` (the inverse of
+    ``unpack_gptq``; tests and tools build checkpoints with it)."""
+    if layout == "awq":
+        slot_of = torch.tensor(_AWQ_SLOT)
+        inverse = torch.empty_like(slot_of)
+        inverse[slot_of] = torch.arange(8)
+
+        def cols(v):
+            return _pack_values(v.reshape(v.shape[0], -1, 8)[:, :, inverse].reshape(v.shape[0],
+                                                                                   -1), bits, 1)
+        return {"qweight": cols(q), "qzeros": cols(zeros), "scales": scales.to(torch.float16)}
+    out = {"qweight": _pack_values(q, bits, 0),
+           "qzeros": _pack_values(zeros - (0 if layout == "gptq_v2" else 1), bits, 1),
+           "scales": scales.to(torch.float16)}
+    if g_idx is not None:
+        out["g_idx"] = g_idx.to(torch.int32)
+    return out
 
 
-def _to_q4_0(name: str, parts: dict, bits: int, v2: bool, lossless: bool,
+def _to_q4_0(name: str, parts: dict, bits: int, layout: str, lossless: bool,
              dtype: torch.dtype) -> Q4_0Tensor:
-    q, zeros, scales, g_idx = unpack_gptq(parts, bits, v2)
+    q, zeros, scales, g_idx = unpack_gptq(parts, bits, layout)
     k, n = q.shape
     groups = scales.shape[0]
     size = k // groups if groups else k
@@ -130,11 +185,11 @@ def load_gptq(folder, *, dtype: str | None = None, lossless: bool = False):
     from safetensors import safe_open
     folder = Path(folder)
     qc = gptq_config(folder) or {}
-    bits = int(qc.get("bits", 4))
+    bits = int(qc.get("bits", qc.get("w_bit", 4)))
     if bits not in (2, 3, 4, 8) or 32 % bits:
         raise LoadError(f"{folder}: {bits}-bit GPTQ weights are not packed 32/bits per int32",
                         "convert the checkpoint to 4 or 8 bits")
-    v2 = str(qc.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
+    layout = layout_of(qc, folder)
     want = torch.float16 if dtype == "f16" else torch.float32
     config = transformers.AutoConfig.from_pretrained(folder)
     if hasattr(config, "quantization_config"):
@@ -166,7 +221,7 @@ def load_gptq(folder, *, dtype: str | None = None, lossless: bool = False):
         parts = {p: tensors.pop(f"{prefix}.{p}", None) for p in _PARTS}
         if any(parts[p] is None for p in ("qweight", "qzeros", "scales")):
             raise LoadError(f"{folder}: {prefix} lacks qzeros or scales", "re-export it")
-        weight = _to_q4_0(prefix, parts, bits, v2, lossless, want)
+        weight = _to_q4_0(prefix, parts, bits, layout, lossless, want)
         if tuple(weight.shape) != tuple(module.weight.shape):
             raise LoadError(f"{folder}: {prefix} holds a {list(weight.shape)} weight, "
                             f"{arch} expects {list(module.weight.shape)}",
