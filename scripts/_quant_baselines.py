@@ -80,6 +80,7 @@ def tool_paths() -> dict:
         "llama_src": src,
         "llama-imatrix": bin_ / "llama-imatrix",
         "llama-quantize": bin_ / "llama-quantize",
+        "llama-perplexity": bin_ / "llama-perplexity",
         "convert_hf_to_gguf": src / "convert_hf_to_gguf.py",
         "gguf-py": src / "gguf-py",
         "autoround_python": AUTOROUND_VENV / "bin" / "python",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the two external 4-bit baselines used next to t2n's own Q4_0 (scripts/_quant_baselines.py):
 #
-#  (i)  llama.cpp's llama-imatrix and llama-quantize, plus its convert_hf_to_gguf.py and gguf-py.
+#  (i)  llama.cpp's llama-imatrix, llama-quantize and llama-perplexity, plus its convert_hf_to_gguf.py and gguf-py.
 #       llama.cpp itself is not on a reachable registry, but the source distribution of the PyPI
 #       package llama-cpp-python vendors a complete llama.cpp tree (vendor/llama.cpp: tools/,
 #       convert_hf_to_gguf.py, conversion/, gguf-py/). That sdist is downloaded with pip (never
@@ -72,7 +72,8 @@ setup_llamacpp() {
   done
   ln -sfn "$src" "$LLAMACPP_DIR/llama.cpp"
 
-  if [[ ! -x "$build/bin/llama-imatrix" || ! -x "$build/bin/llama-quantize" ]]; then
+  if [[ ! -x "$build/bin/llama-imatrix" || ! -x "$build/bin/llama-quantize" ||
+        ! -x "$build/bin/llama-perplexity" ]]; then
     say "configuring llama.cpp (CPU, Release, static) in $build"
     cmake -S "$src" -B "$build" -G "Unix Makefiles" \
       -DCMAKE_BUILD_TYPE=Release \
@@ -84,9 +85,10 @@ setup_llamacpp() {
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
       -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
       -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_LLGUIDANCE=OFF >&2
-    say "building llama-imatrix and llama-quantize with -j$JOBS"
+    say "building llama-imatrix, llama-quantize and llama-perplexity with -j$JOBS"
     local t0=$SECONDS
-    cmake --build "$build" --config Release -j "$JOBS" --target llama-imatrix llama-quantize >&2
+    cmake --build "$build" --config Release -j "$JOBS" --target llama-imatrix llama-quantize \
+      llama-perplexity >&2
     say "built in $((SECONDS - t0)) s"
   fi
   ln -sfn "$build" "$LLAMACPP_DIR/build"
@@ -98,6 +100,7 @@ setup_llamacpp() {
     echo "llama.cpp source: $src (from llama-cpp-python $LCP_VERSION sdist${commit:+, commit $commit})"
     echo "llama-imatrix:    $build/bin/llama-imatrix"
     echo "llama-quantize:   $build/bin/llama-quantize"
+    echo "llama-perplexity: $build/bin/llama-perplexity"
     echo "convert script:   $src/convert_hf_to_gguf.py (PYTHONPATH=$src/gguf-py)"
   }
 }

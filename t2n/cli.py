@@ -482,8 +482,7 @@ def _export_llm(ctx, config_file, flags):
     log.info("%-10s %6.2fs  %s (%s)", "load", time.perf_counter() - t0, o["model_slug"],
              type(loaded.module).__name__)
     tolerance = None if o["no_verify"] else resolve_tolerance(
-        o["tract_check_io_tolerance"] or "auto", o["dtype"], o["compression"] or quantized,
-        llm=True)
+        o["tract_check_io_tolerance"] or "auto", o["dtype"], o["compression"] or quantized)
     result = export_llm(loaded.module, loaded.tokenizer, o["export_dirpath"], dtype=o["dtype"],
                         compression=o["compression"],
                         compression_registry=o["compression_registry"],

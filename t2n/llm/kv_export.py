@@ -101,7 +101,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
     options = ExportOptions(dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
                             f16_arithmetic=f16_arithmetic,
                             check_io=resolve_tolerance(check_io, dtype,
-                                                       compression or quantized_with, llm=True),
+                                                       compression or quantized_with),
                             tgz_level=tgz_level, calibration_data=calibration_data,
                             calibration_samples=calibration_samples,
                             calibration_seqlen=calibration_seqlen, seed=seed, device=device,
