@@ -21,7 +21,7 @@ _CONFIG_KEYS = {  # keys accepted in --config FILE.toml ([export] table or top l
     "no_verify",
     "tract_binary", "dump_io", "overwrite", "compression", "compression_registry", "tgz_level",
     "calibration_data", "calibration_samples", "calibration_seqlen", "seed", "device",
-    "compression_option", "observer", "lossless",
+    "compression_option", "observer", "lossless", "mixed_config",
 }
 
 
@@ -64,6 +64,27 @@ def _parse_compression_options(values) -> dict:
                               "iters=50")
         out[key.strip().replace("-", "_")] = value.strip()
     return out
+
+
+_MIXED_HELP = ("A mixed-precision configuration written by 't2n analyse' (configs/*.json): "
+               "each block compressed by the method chosen for it.")
+
+
+def _mixed(o: dict, compression_key: str = "compression") -> None:
+    """``--mixed-config FILE`` as the compression ``mixed_config`` with ``config=FILE`` (the
+    file is read now, so a bad one fails before any work)."""
+    path = o.get("mixed_config")
+    if not path:
+        return
+    if o.get(compression_key):
+        raise OptionError("give -c or --mixed-config, not both",
+                          "the configuration names each block's compression")
+    from t2n.analyse.config import MixedConfig
+    MixedConfig.load(path)
+    o[compression_key] = "mixed_config"
+    opts = o.get("compression_option") or ()
+    o["compression_option"] = list([opts] if isinstance(opts, str) else opts) + \
+        [f"config={Path(path).resolve()}"]
 
 
 def _setup_logging(verbose: int) -> None:
@@ -192,6 +213,8 @@ def _merged(ctx, config: dict, name: str, value):
 @_calibration_options
 @click.option("--observer", type=click.Choice(["minmax", "percentile"]), default="minmax",
               show_default=True, help="How ptq_int8 turns observed values into ranges.")
+@click.option("--mixed-config", "mixed_config", type=click.Path(path_type=Path),
+              help=_MIXED_HELP)
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file with any of these options; flags override it.")
 @click.pass_context
@@ -213,6 +236,7 @@ def _export(ctx, config_file, flags):
     if not o["model"] or not o["output"]:
         raise OptionError("export needs MODEL and OUTPUT",
                           "t2n export MODEL OUTPUT (or give them in --config)")
+    _mixed(o)
     axes: dict = {}
     dyn = o["dynamic_axes"]
     for spec in ([dyn] if isinstance(dyn, str) else dyn or ()):
@@ -349,6 +373,67 @@ def _quantize(o):
     click.echo(f"{path}: {size:.2f} MB, {o['compression']} in {seconds:.1f} s")
 
 
+_ANALYSE_KEYS = {"model", "output", "method", "compression_registry", "block", "task",
+                 "loss", "constraint", "min", "max", "num_configs", "constraint_values",
+                 "estimator", "real_loss_batches", "samples", "seqlen", "validation_data",
+                 "calibration_data", "seed", "device", "dtype", "input_shape",
+                 "example_inputs", "model_task"}
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="New folder for the results (configs/, table, report.html).")
+@click.option("-m", "--method", multiple=True, metavar="NAME[key=value,...]",
+              help="A compression of the bag (repeatable; options make variants).")
+@click.option("--compression-registry", metavar="PKG.MOD:NAME",
+              help="Registry the methods come from, by dotted path.")
+@click.option("--block", multiple=True, help="A module to decide on (repeatable) [default: "
+              "every Linear, Conv and Embedding].")
+@click.option("--task", type=click.Choice(["classification", "regression", "causal-lm",
+                                           "embedding"]),
+              help="The loss: KL, MSE, KL or cosine distance [default: causal-lm for causal "
+                   "LMs, else classification].")
+@click.option("--loss", metavar="PKG.MOD:FN", help="Your own loss fn(reference, output).")
+@click.option("--constraint", type=click.Choice(["size", "macs"]), default="size",
+              show_default=True, help="What the budget limits.")
+@click.option("--min", "min", help="Smallest budget (a number, or 1.1x the cheapest).")
+@click.option("--max", "max", help="Largest budget [default: the float model's].")
+@click.option("--num-configs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--constraint-values", help="Comma-separated budgets (instead of the sweep).")
+@click.option("--estimator", type=click.Choice(["value", "grad"]), default="value",
+              show_default=True, help="value: measured per choice; grad: Fisher estimate.")
+@click.option("--real-loss-batches", type=click.IntRange(min=1), default=32,
+              show_default=True, help="Validation batches for each configuration's loss.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Analysis samples (token windows), as many again to validate.")
+@click.option("--seqlen", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Tokens per analysis window.")
+@click.option("--calibration-data", metavar="FILE|FOLDER|hf:NAME",
+              help="Data of the analysis and of calibrated methods (as export takes it).")
+@click.option("--validation-data", metavar="FILE|FOLDER|hf:NAME",
+              help="Separate data for the real losses [default: other windows of the "
+                   "calibration data].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Where estimates run.")
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="Float type of the bundle (the size of a block kept in float).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D,D,..[:dtype]",
+              help="Example input shape (models given by dotted path).")
+@click.option("--example-inputs", type=click.Path(path_type=Path),
+              help=".npz of example inputs, one array per forward argument.")
+@click.option("--model-task", help="transformers task choosing the Auto class.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="TOML file with any of these options ([analyse] table); flags override it.")
+@click.pass_context
+def analyse(ctx, config_file, **flags):
+    """Choose a compression (or float) for every block of MODEL under a sweep of budgets."""
+    config = _load_config(config_file, _ANALYSE_KEYS, table="analyse")
+    o = {k: _merged(ctx, config, k, v) for k, v in flags.items()}
+    from t2n.analyse.cli import run_analyse
+    _run(ctx, run_analyse, o)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--check-io", default=None,
@@ -417,7 +502,7 @@ _LLM_CONFIG_KEYS = {"model_slug", "export_dirpath", "dtype", "f32_attn", "f32_no
                     "calibration_seqlen", "seed", "device", "compression_option",
                     "compression", "compression_registry", "dump_with_tokenizer_and_conf",
                     "tract_check_io_tolerance", "no_verify", "overwrite", "num_logits_to_keep",
-                    "export_dir_struct", "lossless"}
+                    "export_dir_struct", "lossless", "mixed_config"}
 _TOLERANCES = ["exact", "close", "approximate", "very", "super", "ultra"]
 
 
@@ -456,6 +541,8 @@ def _llm_options(fn):
                      show_default=True, help="deep: model/ and tokenizer/ sub-folders."),
         click.option("--lossless", is_flag=True, help="A GPTQ-layout checkpoint must "
                      "convert to Q4_0 exactly (else an error)."),
+        click.option("--mixed-config", "mixed_config", type=click.Path(path_type=Path),
+                     help=_MIXED_HELP),
         click.option("--config", "config_file", type=click.Path(path_type=Path),
                      help="TOML file with any of these options; flags override it."),
     ]
@@ -473,6 +560,7 @@ def _export_llm(ctx, config_file, flags):
     if not o["model_slug"] or not o["export_dirpath"]:
         raise OptionError("export-llm needs a model and an export folder",
                           "t2n export-llm -s MODEL -e EXPORT_DIR")
+    _mixed(o)
     import time
     t0 = time.perf_counter()
     quantized = _checkpoint_compression(o["model_slug"], o["compression"])

@@ -1,0 +1,190 @@
+"""Task losses, and the two estimates of what each (unit, method) choice costs in task loss.
+
+Task losses compare the output of a compressed model with the float model's, averaged over the
+batches: ``kl`` (classification and causal LMs: KL(float || compressed) of the softmax over the
+last axis, per position), ``mse`` (regression), ``cosine`` (embeddings: 1 - cosine similarity
+of the outputs, mean-pooled over the sequence when they have one), or the user's own
+``fn(reference, output) -> scalar tensor`` by dotted path.
+
+``value`` measures: the loss when that unit alone takes that method and every other unit stays
+float (the starting point is the float model: each choice is measured against the model a user
+starts from, and the sum over units is the additive estimate the solver uses; from an all-
+compressed start the estimates would depend on the methods of every other unit).
+
+``grad`` estimates without a forward pass per choice: at the float model the task loss and its
+gradient are zero, so the loss of a weight change dW is about 1/2 dW' F dW, with F the Fisher
+information of the model's output distribution. Its diagonal is estimated from gradients of
+the log-likelihood of outputs sampled from the float model itself (a class drawn from the
+softmax for ``kl``; the output plus unit Gaussian noise for ``mse``, and for ``cosine`` on the
+normalised outputs), so the estimate of a choice is 1/2 sum(F * dW^2) over its weights.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.nn import functional as F
+
+from t2n.errors import OptionError
+
+__all__ = ["TASKS", "task_loss", "output_of", "reference_outputs", "value_estimates",
+           "grad_estimates", "measure_loss"]
+
+log = logging.getLogger("t2n.analyse")
+
+TASKS = {"classification": "kl", "causal-lm": "kl", "regression": "mse", "embedding": "cosine"}
+
+
+def output_of(result) -> torch.Tensor:
+    """The tensor a task loss looks at: ``logits``, else ``last_hidden_state``, else the first
+    tensor of the result."""
+    if isinstance(result, torch.Tensor):
+        return result
+    for key in ("logits", "last_hidden_state"):
+        value = getattr(result, key, None)
+        if value is None and isinstance(result, dict):
+            value = result.get(key)
+        if isinstance(value, torch.Tensor):
+            return value
+    items = result.values() if isinstance(result, dict) else result
+    for value in items:
+        if isinstance(value, torch.Tensor):
+            return value
+    raise OptionError("the model's output holds no tensor", "return a tensor or logits")
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=1) if x.dim() == 3 else x.reshape(x.shape[0], -1)
+
+
+def task_loss(kind, reference: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The loss of ``output`` against the float model's ``reference`` (0 when equal)."""
+    if callable(kind):
+        return kind(reference, output)
+    ref, out = reference.float(), output.float()
+    if kind == "kl":
+        p = F.log_softmax(ref, dim=-1)
+        q = F.log_softmax(out, dim=-1)
+        return (p.exp() * (p - q)).sum(-1).mean()
+    if kind == "mse":
+        return F.mse_loss(out, ref)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(_pooled(out), _pooled(ref), dim=-1)).mean()
+    raise OptionError(f"unknown task loss {kind!r}", "use kl, mse, cosine or a dotted path")
+
+
+def _run(model, sample):
+    args, kwargs = sample
+    return output_of(model(*args, **kwargs))
+
+
+def reference_outputs(model, samples) -> list:
+    with torch.no_grad():
+        return [_run(model, s).detach() for s in samples]
+
+
+def measure_loss(model, samples, references, kind) -> float:
+    """The task loss of ``model`` averaged over ``samples``."""
+    total = 0.0
+    with torch.no_grad():
+        for sample, ref in zip(samples, references):
+            total += float(task_loss(kind, ref, _run(model, sample)))
+    return total / max(1, len(samples))
+
+
+def _swap(model, unit, modules) -> list:
+    """Put ``modules`` in place of the unit's blocks; returns the modules taken out."""
+    from t2n.quant.int8 import set_submodule
+    old = [model.get_submodule(b) for b in unit.blocks]
+    for b, m in zip(unit.blocks, modules):
+        set_submodule(model, b, m)
+    return old
+
+
+def value_estimates(model, units, choices: dict, samples, references, kind,
+                    progress=None) -> dict:
+    """``{(unit name, method label): measured loss}`` for every available choice."""
+    out = {}
+    for label, by_unit in choices.items():
+        for unit in units:
+            if unit.name not in by_unit:
+                continue
+            old = _swap(model, unit, by_unit[unit.name])
+            try:
+                out[(unit.name, label)] = measure_loss(model, samples, references, kind)
+            finally:
+                _swap(model, unit, old)
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+def _weight_of(module) -> torch.Tensor:
+    from t2n.quant.q4_0 import Q4_0Tensor
+    w = module.weight
+    if isinstance(w, Q4_0Tensor):
+        return w.dequantize().float()
+    return w.detach().float()
+
+
+def grad_estimates(model, units, choices: dict, samples, kind, seed: int = 0,
+                   progress=None) -> dict:
+    """``{(unit name, method label): 1/2 sum(Fisher diagonal * dW^2)}`` (see the module
+    docstring); one backward pass per sample."""
+    if callable(kind):
+        raise OptionError("the grad estimator needs a built-in task loss (kl, mse, cosine)",
+                          "use loss_estimator='value' with a custom loss")
+    weights = {}
+    for unit in units:
+        w = unit.modules[0].weight
+        weights[unit.name] = w
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    fisher = {n: torch.zeros(w.shape, dtype=torch.float32) for n, w in weights.items()}
+    g = torch.Generator().manual_seed(seed)
+    for p in params:           # gradients of the units' weights only
+        p.requires_grad_(False)
+    for w in weights.values():
+        w.requires_grad_(True)
+    count = 0
+    try:
+        for sample in samples:
+            model.zero_grad(set_to_none=True)
+            out = _run(model, sample).float()
+            if kind == "kl":
+                logp = F.log_softmax(out, dim=-1)
+                flat = logp.detach().exp().reshape(-1, out.shape[-1])
+                target = torch.multinomial(flat, 1, generator=g).reshape(out.shape[:-1])
+                nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                rows = nll.numel()
+                loss = nll.sum()
+            else:
+                y = _pooled(out) if kind == "cosine" else out
+                if kind == "cosine":
+                    y = F.normalize(y, dim=-1)
+                noise = torch.randn(y.shape, generator=g)
+                target = y.detach() + noise
+                rows = y.shape[0]
+                loss = 0.5 * ((y - target) ** 2).sum()
+            loss.backward()
+            # the gradient of a sum over independent rows: its square estimates rows x Fisher,
+            # the expectation of the squared per-row gradients, up to cross terms of mean zero
+            for n, w in weights.items():
+                if w.grad is not None:
+                    fisher[n] += w.grad.detach().float() ** 2
+            count += rows
+    finally:
+        for p, flag in zip(params, saved):
+            p.requires_grad_(flag)
+            p.grad = None
+    scale = 1.0 / max(1, count)
+    out = {}
+    for label, by_unit in choices.items():
+        for unit in units:
+            if unit.name not in by_unit:
+                continue
+            dw = _weight_of(by_unit[unit.name][0]) - weights[unit.name].detach().float()
+            out[(unit.name, label)] = 0.5 * float((fisher[unit.name] * dw * dw).sum()) * scale
+            if progress is not None:
+                progress.update(1)
+    return out

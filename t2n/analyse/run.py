@@ -1,0 +1,430 @@
+"""The analyser: per-unit loss estimates for every method of a bag, exact choices under a sweep
+of budgets, and the real loss of every configuration chosen.
+
+    analyser = Analyser(model, Bag("gptq_q4_0_all", "imatrix_q4_0_all"),
+                        calibration_data="notes.txt", task="causal-lm", tokenizer=tok)
+    results = analyser.run(num_configs=8, constraint_type="size")
+    results.save("analysis/")          # configs/*.json, results.json, table.md, pareto.png,
+                                       # report.html
+    results[budget].apply(model)
+
+Data: the calibration source gives the methods their calibration (as an export would) and the
+analyser its own batches: for a causal LM, 2 x ``samples`` windows of ``seqlen`` tokens, the
+even ones for the estimates and the odd ones for the real losses (disjoint), unless
+``validation_data`` is given.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2n.analyse.bag import Bag, run_methods
+from t2n.analyse.blocks import count_macs, find_units, module_bytes, weight_bits
+from t2n.analyse.config import FLOAT, MixedConfig
+from t2n.analyse.estimate import (TASKS, grad_estimates, measure_loss, reference_outputs,
+                                  value_estimates)
+from t2n.analyse.solve import Problem, budgets, solve
+from t2n.errors import OptionError
+
+__all__ = ["Analyser", "Result", "Results", "CONSTRAINTS", "ESTIMATORS"]
+
+log = logging.getLogger("t2n.analyse")
+
+CONSTRAINTS = ("size", "macs")
+ESTIMATORS = ("value", "grad")
+FLOAT_BITS = {"f32": 32, "f16": 16}
+
+
+@dataclass
+class Result:
+    """One budget's configuration and its figures."""
+    budget: float
+    config: MixedConfig
+    objective: float
+    real_loss: float | None
+    cost: float
+    size_bytes: int
+    macs: float
+    artifacts: dict = field(default_factory=lambda: {"text": {}, "benchmarks": {},
+                                                     "images": {}})
+    _cache: dict | None = field(default=None, repr=False)
+
+    def apply(self, model: nn.Module, **kwargs) -> nn.Module:
+        return self.config.apply(model, cache=self._cache, **kwargs)
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        return self.config.remove(model)
+
+    def save(self, path) -> Path:
+        return self.config.save(path)
+
+    @staticmethod
+    def load(path) -> MixedConfig:
+        return MixedConfig.load(path)
+
+    def register_text(self, name: str, text: str) -> None:
+        """A text shown with this configuration in the report (e.g. generated samples)."""
+        self.artifacts["text"][str(name)] = str(text)
+
+    def register_benchmarks(self, name: str, figures: dict) -> None:
+        """Figures ({metric: value}) shown with this configuration in the report."""
+        self.artifacts["benchmarks"][str(name)] = {str(k): v for k, v in figures.items()}
+
+    def register_image(self, name: str, path) -> None:
+        """A PNG/JPEG/SVG file, embedded in the report."""
+        path = Path(path)
+        if not path.is_file():
+            raise OptionError(f"image {path} does not exist", "register an existing file")
+        self.artifacts["images"][str(name)] = path
+
+    def row(self) -> dict:
+        return {"budget": self.budget, "cost": self.cost, "estimate": self.objective,
+                "real_loss": self.real_loss, "bytes": self.size_bytes, "macs": self.macs,
+                "choices": self.config.counts()}
+
+
+class Results(dict):
+    """{budget: Result}, plus the run's context: ``uniform`` ({label: row} of the configurations
+    with one method everywhere it applies), ``spearman`` (rank correlation of estimated against
+    real loss over the budgets), ``worse_than_uniform`` and ``meta``."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.uniform: dict = {}
+        self.spearman: float | None = None
+        self.worse_than_uniform: list = []
+        self.meta: dict = {}
+        self.units: list = []
+
+    def save(self, folder) -> Path:
+        from t2n.analyse.report import write_results
+        return write_results(self, Path(folder))
+
+
+def _default_task(model) -> str:
+    from t2n.calibrate.data import is_causal_lm
+    return "causal-lm" if is_causal_lm(model) else "classification"
+
+
+class Analyser:
+    """Mixed precision for ``model`` over ``bag`` (see the module docstring).
+
+    ``task``: classification, regression, causal-lm or embedding (the loss: KL, MSE, KL, cosine
+    distance); ``loss``: a callable ``(reference, output) -> scalar`` or its dotted path, in
+    place of the task's. ``float_dtype``: the float type of the bundle (f32 or f16: the size of
+    a float block). ``args``/``kwargs``: example inputs (models that are not causal LMs)."""
+
+    def __init__(self, model: nn.Module, bag, block_names=None, calibration_data=None,
+                 validation_data=None, task: str | None = None, loss=None, *, tokenizer=None,
+                 samples: int = 8, seqlen: int = 256, seed: int = 0, device: str = "cpu",
+                 float_dtype: str = "f32", args=(), kwargs=None, progress: bool = False):
+        self.model = model.eval()
+        self.bag = bag if isinstance(bag, Bag) else Bag(*([bag] if isinstance(bag, str)
+                                                          else bag))
+        self.bag.check()
+        self.task = task or _default_task(model)
+        if self.task not in TASKS:
+            raise OptionError(f"unknown task {self.task!r}", f"use one of: {', '.join(TASKS)}")
+        self.loss = _resolve_loss(loss) if loss is not None else TASKS[self.task]
+        if float_dtype not in FLOAT_BITS:
+            raise OptionError(f"unknown float type {float_dtype!r}", "use f32 or f16")
+        self.float_dtype = float_dtype
+        self.units = find_units(model, block_names)
+        self.tokenizer, self.seed, self.device = tokenizer, seed, device
+        self.calibration_data, self.validation_data = calibration_data, validation_data
+        self.samples, self.seqlen = samples, seqlen
+        self.args, self.kwargs = tuple(args or ()), dict(kwargs or {})
+        self.progress = progress
+        self._choices: dict | None = None
+        self._estimates: dict = {}
+        self._batches: tuple | None = None
+        self.timings: dict = {}
+
+    # -- data ----------------------------------------------------------------------------------
+    @property
+    def lm(self) -> bool:
+        return self.task == "causal-lm"
+
+    def _calibration(self, data, samples=None, seqlen=None, seed=None):
+        from t2n.calibrate.data import calibration_for
+        return calibration_for(data, model=self.model, tokenizer=self.tokenizer,
+                               args=self.args, kwargs=self.kwargs, lm=self.lm,
+                               samples=samples, seqlen=seqlen,
+                               seed=self.seed if seed is None else seed, device=self.device)
+
+    def batches(self) -> tuple[list, list]:
+        """(estimate batches, validation batches)."""
+        if self._batches is None:
+            if self.validation_data is not None:
+                est = self._calibration(self.calibration_data, self.samples, self.seqlen)
+                val = self._calibration(self.validation_data, self.samples, self.seqlen,
+                                        seed=self.seed + 1)
+                est_b, val_b = _grouped(est), _grouped(val)
+            else:
+                both = self._calibration(self.calibration_data, 2 * self.samples, self.seqlen)
+                both.load()
+                if both.token_ids is not None and len(both.token_ids) >= 2:
+                    est_b = _grouped_ids(both, both.token_ids[0::2])
+                    val_b = _grouped_ids(both, both.token_ids[1::2])
+                else:
+                    items = both.samples
+                    if len(items) < 2:
+                        raise OptionError("the analyser needs at least 2 calibration samples "
+                                          "(half estimate, half validate)",
+                                          "give more calibration data")
+                    est_b, val_b = items[0::2], items[1::2]
+            self._batches = (est_b, val_b)
+        return self._batches
+
+    # -- stages --------------------------------------------------------------------------------
+    def choices(self) -> dict:
+        """{method label: {unit: [modules]}} (each method run once)."""
+        if self._choices is None:
+            t0 = time.perf_counter()
+            bar = _bar(len(self.bag), "methods", self.progress)
+            self._choices = run_methods(
+                self.model, self.bag, self.units, tokenizer=self.tokenizer, progress=bar,
+                make_calibration=lambda m: self._calibration(self.calibration_data))
+            _close(bar)
+            self.timings["methods_s"] = time.perf_counter() - t0
+        return self._choices
+
+    def estimates(self, estimator: str = "value") -> dict:
+        if estimator not in ESTIMATORS:
+            raise OptionError(f"unknown loss estimator {estimator!r}",
+                              f"use one of: {', '.join(ESTIMATORS)}")
+        if estimator not in self._estimates:
+            choices = self.choices()
+            est_b, _ = self.batches()
+            total = sum(len(v) for v in choices.values())
+            bar = _bar(total, f"{estimator} estimates", self.progress)
+            t0 = time.perf_counter()
+            if estimator == "value":
+                refs = reference_outputs(self.model, est_b)
+                out = value_estimates(self.model, self.units, choices, est_b, refs,
+                                      self.loss, progress=bar)
+            else:
+                out = grad_estimates(self.model, self.units, choices, est_b, self.loss,
+                                     seed=self.seed, progress=bar)
+            _close(bar)
+            self.timings[f"{estimator}_s"] = time.perf_counter() - t0
+            self._estimates[estimator] = out
+        return self._estimates[estimator]
+
+    def problem(self, constraint_type: str, estimator: str) -> Problem:
+        if constraint_type not in CONSTRAINTS:
+            raise OptionError(f"unknown constraint type {constraint_type!r}",
+                              f"use one of: {', '.join(CONSTRAINTS)}")
+        estimates = self.estimates(estimator)
+        choices = self.choices()
+        float_bytes = FLOAT_BITS[self.float_dtype] // 8
+        names = [u.name for u in self.units]
+        options = {u.name: [FLOAT] + [label for label in choices if u.name in choices[label]]
+                   for u in self.units}
+        est = {(u, FLOAT): 0.0 for u in names}
+        est.update({k: max(0.0, v) for k, v in estimates.items()})
+        cost = {}
+        if constraint_type == "size":
+            for u in self.units:
+                cost[(u.name, FLOAT)] = module_bytes(u.modules, float_bytes)
+                for label in options[u.name][1:]:
+                    cost[(u.name, label)] = module_bytes(choices[label][u.name], float_bytes)
+            fixed = self._fixed_bytes(float_bytes)
+        else:
+            macs = self._macs()
+            bits = FLOAT_BITS[self.float_dtype]
+            for u in self.units:
+                cost[(u.name, FLOAT)] = float(macs[u.name])
+                for label in options[u.name][1:]:
+                    cost[(u.name, label)] = macs[u.name] * weight_bits(
+                        choices[label][u.name], bits) / bits
+            fixed = 0.0
+        return Problem(names, options, est, cost, fixed)
+
+    def _fixed_bytes(self, float_bytes: int) -> int:
+        inside = {id(p) for u in self.units for m in u.modules for p in m.parameters()}
+        from t2n.analyse.blocks import tensor_bytes
+        seen, total = set(), 0
+        for p in self.model.parameters():
+            if id(p) in inside or id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += tensor_bytes(p, float_bytes)
+        return total
+
+    def _macs(self) -> dict:
+        if "macs" not in self.__dict__:
+            est_b, _ = self.batches()
+            self.__dict__["macs"] = count_macs(self.model, self.units, est_b)
+        return self.__dict__["macs"]
+
+    # -- the sweep -----------------------------------------------------------------------------
+    def run(self, min_constraint_value=None, max_constraint_value=None, num_configs: int = 5,
+            constraint_values=None, constraint_type: str = "size",
+            loss_estimator: str = "value", num_real_loss_batches: int = 32) -> Results:
+        """Results keyed by budget (see Results)."""
+        t0 = time.perf_counter()
+        problem = self.problem(constraint_type, loss_estimator)
+        cheapest = problem.extreme(cheapest=True)
+        values = budgets(problem, _relative(min_constraint_value, cheapest),
+                         _relative(max_constraint_value, cheapest), num_configs,
+                         [_relative(v, cheapest) for v in constraint_values or []])
+        _, val_b = self.batches()
+        val_b = val_b[:max(1, num_real_loss_batches)]
+        refs = reference_outputs(self.model, val_b)
+        results = Results()
+        results.units = [{"name": u.name, "blocks": list(u.blocks)} for u in self.units]
+        cache = self.choices()
+        float_bytes = FLOAT_BITS[self.float_dtype] // 8
+        size_problem = problem if constraint_type == "size" else \
+            self.problem("size", loss_estimator)
+        macs_problem = problem if constraint_type == "macs" else \
+            self.problem("macs", loss_estimator)
+        units_map = {u.name: list(u.blocks) for u in self.units}
+        seen_configs: dict = {}
+        bar = _bar(len(values), "configurations", self.progress)
+        for budget in values:
+            choice = solve(problem, budget)
+            if choice is None:
+                log.warning("analyse: no configuration fits %s <= %g", constraint_type, budget)
+                _update(bar)
+                continue
+            key = tuple(sorted(choice.items()))
+            if key in seen_configs:
+                real = seen_configs[key]
+            else:
+                real = self._real_loss(choice, cache, val_b, refs)
+                seen_configs[key] = real
+            summary = {"constraint": constraint_type, "budget": budget,
+                       "cost": problem.total_cost(choice), "estimate": problem.objective(choice),
+                       "estimator": loss_estimator, "real_loss": real, "task": self.task,
+                       "float_dtype": self.float_dtype}
+            config = MixedConfig(units_map, choice, {m.label: m for m in self.bag}, summary)
+            results[budget] = Result(
+                budget, config, problem.objective(choice), real, problem.total_cost(choice),
+                int(size_problem.total_cost(choice)), macs_problem.total_cost(choice),
+                _cache=cache)
+            _update(bar)
+        _close(bar)
+        # uniform configurations: one method wherever it applies, float elsewhere
+        for label in cache:
+            choice = {u: (label if label in problem.choices[u] else FLOAT) for u in problem.units}
+            results.uniform[label] = {
+                "cost": problem.total_cost(choice), "bytes": int(size_problem.total_cost(choice)),
+                "estimate": problem.objective(choice),
+                "real_loss": self._real_loss(choice, cache, val_b, refs)}
+        float_choice = {u: FLOAT for u in problem.units}
+        results.uniform[FLOAT] = {"cost": problem.total_cost(float_choice),
+                                  "bytes": int(size_problem.total_cost(float_choice)),
+                                  "estimate": 0.0, "real_loss": 0.0}
+        for budget, r in results.items():
+            for label, u in results.uniform.items():
+                if u["cost"] <= r.cost and r.real_loss is not None \
+                        and r.real_loss > u["real_loss"] * (1 + 1e-9) + 1e-12:
+                    results.worse_than_uniform.append({"budget": budget, "uniform": label,
+                                                       "real_loss": r.real_loss,
+                                                       "uniform_real_loss": u["real_loss"]})
+        results.spearman = _spearman([r.objective for r in results.values()],
+                                     [r.real_loss for r in results.values()])
+        self.timings["sweep_s"] = time.perf_counter() - t0
+        results.meta = {"task": self.task, "loss": getattr(self.loss, "__name__", self.loss),
+                        "constraint": constraint_type, "estimator": loss_estimator,
+                        "methods": [m.label for m in self.bag], "units": len(self.units),
+                        "estimate_batches": len(self.batches()[0]),
+                        "validation_batches": len(val_b), "float_dtype": self.float_dtype,
+                        "cheapest": cheapest, "dearest": problem.extreme(cheapest=False),
+                        "timings": dict(self.timings)}
+        return results
+
+    def _real_loss(self, choice: dict, cache: dict, batches, refs) -> float:
+        from t2n.analyse.estimate import _swap
+        by_name = {u.name: u for u in self.units}
+        swapped = []
+        try:
+            for u, label in choice.items():
+                if label != FLOAT:
+                    unit = by_name[u]
+                    swapped.append((unit, _swap(self.model, unit, cache[label][u])))
+            return measure_loss(self.model, batches, refs, self.loss)
+        finally:
+            for unit, old in reversed(swapped):
+                _swap(self.model, unit, old)
+
+
+def _relative(value, cheapest: float):
+    """A budget as a number, or ``"1.25x"``: a multiple of the cheapest configuration."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            if text.endswith("x"):
+                return float(text[:-1]) * cheapest
+            return float(text)
+        except ValueError as e:
+            raise OptionError(f"bad budget {value!r}", "give a number, or a multiple of the "
+                              "cheapest configuration such as 1.25x") from e
+    return float(value)
+
+
+def _resolve_loss(loss):
+    if callable(loss):
+        return loss
+    from t2n.load import resolve_module_path
+    fn = resolve_module_path(str(loss))
+    if not callable(fn):
+        raise OptionError(f"loss {loss!r} is not callable",
+                          "point to a function (reference, output) -> scalar tensor")
+    return fn
+
+
+def _grouped(cal) -> list:
+    cal.load()
+    if cal.token_ids is not None:
+        return _grouped_ids(cal, cal.token_ids)
+    return cal.samples
+
+
+def _grouped_ids(cal, ids: torch.Tensor, size: int = 4) -> list:
+    out = []
+    for i in range(0, len(ids), size):
+        rows = ids[i:i + size]
+        kwargs = {"input_ids": rows, "use_cache": False}
+        if cal.extra_kwargs.get("attention_mask") is not None:
+            kwargs["attention_mask"] = torch.ones_like(rows)
+        out.append(((), kwargs))
+    return out
+
+
+def _spearman(a, b) -> float | None:
+    pairs = [(x, y) for x, y in zip(a, b) if y is not None and math.isfinite(y)]
+    if len(pairs) < 3:
+        return None
+    from scipy.stats import spearmanr
+    xs, ys = zip(*pairs)
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return float(spearmanr(xs, ys).statistic)
+
+
+def _bar(total, desc, on):
+    if not on:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="", leave=False, dynamic_ncols=True)
+
+
+def _update(bar):
+    if bar is not None:
+        bar.update(1)
+
+
+def _close(bar):
+    if bar is not None:
+        bar.close()
