@@ -377,7 +377,7 @@ _ANALYSE_KEYS = {"model", "output", "method", "compression_registry", "block", "
                  "loss", "constraint", "min", "max", "num_configs", "constraint_values",
                  "estimator", "real_loss_batches", "samples", "seqlen", "validation_data",
                  "calibration_data", "seed", "device", "dtype", "input_shape",
-                 "example_inputs", "model_task"}
+                 "example_inputs", "model_task", "no_latency"}
 
 
 @main.command()
@@ -395,14 +395,17 @@ _ANALYSE_KEYS = {"model", "output", "method", "compression_registry", "block", "
               help="The loss: KL, MSE, KL or cosine distance [default: causal-lm for causal "
                    "LMs, else classification].")
 @click.option("--loss", metavar="PKG.MOD:FN", help="Your own loss fn(reference, output).")
-@click.option("--constraint", type=click.Choice(["size", "macs"]), default="size",
-              show_default=True, help="What the budget limits.")
+@click.option("--constraint", type=click.Choice(["size", "macs", "latency"]), default="size",
+              show_default=True, help="What the budget limits (latency: measured in tract, "
+              "budgets in seconds or as 12ms).")
 @click.option("--min", "min", help="Smallest budget (a number, or 1.1x the cheapest).")
 @click.option("--max", "max", help="Largest budget [default: the float model's].")
 @click.option("--num-configs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--constraint-values", help="Comma-separated budgets (instead of the sweep).")
 @click.option("--estimator", type=click.Choice(["value", "grad"]), default="value",
               show_default=True, help="value: measured per choice; grad: Fisher estimate.")
+@click.option("--no-latency", "no_latency", is_flag=True,
+              help="Do not time each chosen configuration end to end in tract.")
 @click.option("--real-loss-batches", type=click.IntRange(min=1), default=32,
               show_default=True, help="Validation batches for each configuration's loss.")
 @click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,

@@ -21,7 +21,8 @@ from t2n.errors import CompressionError, LoadError, OptionError
 from t2n.quant.int8 import QuantizedLinear
 from t2n.quant.q4_0 import Q4_0Tensor
 from test_calibrated import tiny_llama
-from test_calibrated_cli import PROSE, assert_user_error, t2n, tiny_folder  # noqa: F401
+from test_calibrated_cli import PROSE, assert_user_error, tiny_folder  # noqa: F401
+from test_calibrated_cli import t2n as run_t2n
 
 
 def mlp():
@@ -101,7 +102,7 @@ def mlp_results():
     model = mlp()
     bag = Bag("min_max_q4_0_all", "grid_mse_q4_0_all", "ptq_int8")
     analyser = Analyser(model, bag, calibration_data=inputs(), task="classification")
-    results = analyser.run(num_configs=6)
+    results = analyser.run(num_configs=6, measure_latency=False)
     return model, analyser, results
 
 
@@ -179,6 +180,29 @@ def test_a_configuration_applies_removes_saves_and_exports_to_tract(mlp_results,
     q4 = [p for p in (tmp_path / "bundle").rglob("*.dat") if b"\x40\x30" in p.read_bytes()[:128]]
     expected_q4 = sum(1 for c in result.config.choices.values() if c.endswith("q4_0_all"))
     assert len(q4) == expected_q4
+
+
+@pytest.mark.slow   # exports and times every distinct block in tract
+def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_results):
+    _, analyser, _ = mlp_results
+    lat, fixed = analyser._latencies()
+    whole = analyser.__dict__["latency"][2]
+    assert whole > 0 and all(v > 0 for v in lat.values())
+    assert {label for _, label in lat} == {"float", "min_max_q4_0_all", "grid_mse_q4_0_all",
+                                           "ptq_int8"}
+    # blocks of the same kind, shape and storage format are timed once: two Q4_0 methods agree
+    assert all(lat[(u.name, "min_max_q4_0_all")] == lat[(u.name, "grid_mse_q4_0_all")]
+               for u in analyser.units)
+    problem = analyser.problem("latency", "value")
+    slowest = problem.extreme(cheapest=False)
+    fastest = problem.extreme(cheapest=True)
+    results = analyser.run(constraint_type="latency",
+                           constraint_values=[f"{fastest * 1e3:.6f}ms", f"{slowest * 1e3:.6f}ms",
+                                              f"{fastest * 0.5 * 1e3:.6f}ms"])
+    assert len(results) == 2            # half the fastest configuration fits nothing
+    for budget, r in results.items():
+        assert r.cost <= budget and r.latency_s is not None and r.latency_s > 0
+        assert r.config.summary["latency_ms"] == pytest.approx(r.latency_s * 1e3)
 
 
 def test_bad_configuration_files_are_refused_with_the_fix(tmp_path):
@@ -265,19 +289,20 @@ def test_the_report_slider_changes_the_configuration_shown_in_a_browser(mlp_resu
 def test_analyse_cli_then_export_llm_with_a_mixed_config(tiny_folder, tmp_path):
     folder = tiny_folder
     (tmp_path / "calib.txt").write_text(PROSE * 4)
-    proc = t2n(tmp_path, "analyse", folder, "-o", "out", "-m", "min_max_q4_0_all",
+    proc = run_t2n(tmp_path, "analyse", folder, "-o", "out", "-m", "min_max_q4_0_all",
                "-m", "grid_mse_q4_0_all", "--calibration-data", "calib.txt", "--samples", "4",
-               "--seqlen", "16", "--num-configs", "3", "--real-loss-batches", "2")
+               "--seqlen", "16", "--num-configs", "3", "--real-loss-batches", "2",
+                   "--no-latency")
     assert proc.returncode == 0, proc.stderr
     assert "3 configuration(s)" in proc.stdout and "| size budget |" in proc.stdout
     configs = sorted((tmp_path / "out" / "configs").glob("*.json"))
     assert len(configs) == 3
-    proc = t2n(tmp_path, "export-llm", "-s", folder, "-e", "llm", "--mixed-config", configs[1])
+    proc = run_t2n(tmp_path, "export-llm", "-s", folder, "-e", "llm", "--mixed-config", configs[1])
     assert proc.returncode == 0 and "verified in tract" in proc.stdout, proc.stderr
-    proc = t2n(tmp_path, "export", folder, "b.tgz", "--mixed-config", configs[1], "-c",
+    proc = run_t2n(tmp_path, "export", folder, "b.tgz", "--mixed-config", configs[1], "-c",
                "min_max_q4_0_all")
     assert_user_error(proc, "give -c or --mixed-config, not both")
     assert not (tmp_path / "b.tgz").exists()
-    proc = t2n(tmp_path, "analyse", folder, "-o", "out2")
+    proc = run_t2n(tmp_path, "analyse", folder, "-o", "out2")
     assert_user_error(proc, "needs at least one method", "-m NAME")
     assert not (tmp_path / "out2").exists()

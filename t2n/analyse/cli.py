@@ -62,7 +62,8 @@ def run_analyse(o: dict) -> None:
                            constraint_values=_listed(o.get("constraint_values")),
                            constraint_type=o.get("constraint") or "size",
                            loss_estimator=o.get("estimator") or "value",
-                           num_real_loss_batches=int(o.get("real_loss_batches") or 32))
+                           num_real_loss_batches=int(o.get("real_loss_batches") or 32),
+                           measure_latency=not o.get("no_latency"))
     results.meta["model"] = str(o["model"])
     results.meta["seconds"] = time.perf_counter() - t0
     folder = results.save(output)

@@ -41,13 +41,15 @@ def _fmt(v, digits=4) -> str:
 def table_markdown(results) -> str:
     meta = results.meta
     lines = [f"| {meta.get('constraint', 'budget')} budget | cost | estimated loss "
-             f"({meta.get('estimator')}) | real loss | bytes | MACs | choices |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
+             f"({meta.get('estimator')}) | real loss | bytes | MACs | tract latency (ms) | "
+             "choices |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for budget in sorted(results):
         r = results[budget]
         counts = ", ".join(f"{n} {c}" for c, n in sorted(r.config.counts().items()))
         lines.append(f"| {_fmt(budget)} | {_fmt(r.cost)} | {_fmt(r.objective)} | "
-                     f"{_fmt(r.real_loss)} | {r.size_bytes:,} | {_fmt(r.macs)} | {counts} |")
+                     f"{_fmt(r.real_loss)} | {r.size_bytes:,} | {_fmt(r.macs)} | "
+                     f"{_fmt(None if r.latency_s is None else r.latency_s * 1e3)} | {counts} |")
     lines.append("")
     lines.append("Uniform configurations (one method wherever it applies):")
     lines.append("")
@@ -77,6 +79,7 @@ def _payload(results) -> dict:
         rows.append({"index": i, "budget": budget, "cost": _num(r.cost),
                      "estimate": _num(r.objective), "real_loss": _num(r.real_loss),
                      "bytes": r.size_bytes, "macs": _num(r.macs),
+                     "latency_ms": None if r.latency_s is None else r.latency_s * 1e3,
                      "choices": r.config.choices, "counts": r.config.counts(),
                      "config": f"configs/budget_{i:02d}.json",
                      "text": r.artifacts["text"], "benchmarks": r.artifacts["benchmarks"],
@@ -197,7 +200,7 @@ function show(i) {
   const r = rows[i]; if (!r) return;
   document.getElementById("budget-label").textContent = fmt(r.budget) + " (" + (i + 1) + " of " + rows.length + ")";
   const m = document.getElementById("metrics"); m.innerHTML = "";
-  [["budget", r.budget], ["cost", r.cost], ["estimated loss (" + DATA.meta.estimator + ")", r.estimate], ["real loss", r.real_loss], ["bytes", r.bytes], ["MACs", r.macs], ["configuration file", r.config]].forEach(([k, v]) => { const tr = el("tr"); tr.appendChild(el("th", k)); tr.appendChild(el("td", fmt(v))); m.appendChild(tr); });
+  [["budget", r.budget], ["cost", r.cost], ["estimated loss (" + DATA.meta.estimator + ")", r.estimate], ["real loss", r.real_loss], ["bytes", r.bytes], ["MACs", r.macs], ["tract latency (ms)", r.latency_ms], ["configuration file", r.config]].forEach(([k, v]) => { const tr = el("tr"); tr.appendChild(el("th", k)); tr.appendChild(el("td", fmt(v))); m.appendChild(tr); });
   const counts = el("tr"); counts.appendChild(el("th", "choices")); counts.appendChild(el("td", Object.entries(r.counts).map(([k, n]) => n + " x " + k).join(", "))); counts.id = "counts"; m.appendChild(counts);
   const body = document.querySelector("#choices tbody"); body.innerHTML = "";
   Object.entries(r.choices).forEach(([u, c]) => { const tr = el("tr"); tr.appendChild(el("td", u)); tr.appendChild(el("td", c, c === "float" ? "float" : "")); body.appendChild(tr); });

@@ -36,7 +36,7 @@ __all__ = ["Analyser", "Result", "Results", "CONSTRAINTS", "ESTIMATORS"]
 
 log = logging.getLogger("t2n.analyse")
 
-CONSTRAINTS = ("size", "macs")
+CONSTRAINTS = ("size", "macs", "latency")
 ESTIMATORS = ("value", "grad")
 FLOAT_BITS = {"f32": 32, "f16": 16}
 
@@ -51,6 +51,7 @@ class Result:
     cost: float
     size_bytes: int
     macs: float
+    latency_s: float | None = None       # measured end to end in tract (deployed shape)
     artifacts: dict = field(default_factory=lambda: {"text": {}, "benchmarks": {},
                                                      "images": {}})
     _cache: dict | None = field(default=None, repr=False)
@@ -86,6 +87,7 @@ class Result:
     def row(self) -> dict:
         return {"budget": self.budget, "cost": self.cost, "estimate": self.objective,
                 "real_loss": self.real_loss, "bytes": self.size_bytes, "macs": self.macs,
+                "latency_ms": None if self.latency_s is None else self.latency_s * 1e3,
                 "choices": self.config.counts()}
 
 
@@ -236,6 +238,11 @@ class Analyser:
                 for label in options[u.name][1:]:
                     cost[(u.name, label)] = module_bytes(choices[label][u.name], float_bytes)
             fixed = self._fixed_bytes(float_bytes)
+        elif constraint_type == "latency":
+            lat, fixed = self._latencies()
+            for u in self.units:
+                for label in options[u.name]:
+                    cost[(u.name, label)] = lat.get((u.name, label), 0.0)
         else:
             macs = self._macs()
             bits = FLOAT_BITS[self.float_dtype]
@@ -258,6 +265,44 @@ class Analyser:
             total += tensor_bytes(p, float_bytes)
         return total
 
+    def deploy_sample(self):
+        """The input of one deployed run: one token for a causal LM, else a batch of one."""
+        args, kwargs = self.batches()[0][0]
+        if self.lm:
+            ids = kwargs["input_ids"][:1, -1:]
+            return (), {"input_ids": ids}
+        def one(t):
+            return t[:1] if isinstance(t, torch.Tensor) and t.dim() >= 1 else t
+        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+    def _latencies(self) -> tuple[dict, float]:
+        """({(unit, label): seconds}, the seconds outside the units), measured in tract."""
+        if "latency" not in self.__dict__:
+            from t2n.analyse.latency import block_latencies, deploy_inputs, model_seconds
+            t0 = time.perf_counter()
+            inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
+            choices = self.choices()
+            total = len(self.units) + sum(len(v) for v in choices.values())
+            bar = _bar(total, "tract latencies", self.progress)
+            lat = block_latencies(self.units, choices, inputs, progress=bar)
+            _close(bar)
+            whole = model_seconds(self.model, self.deploy_sample())
+            fixed = whole - sum(lat.get((u.name, FLOAT), 0.0) for u in self.units)
+            self.timings["latency_s"] = time.perf_counter() - t0
+            self.__dict__["latency"] = (lat, fixed, whole)
+        lat, fixed, _ = self.__dict__["latency"]
+        return lat, fixed
+
+    def measured_latency(self, choice: dict) -> float:
+        """A configuration's time in tract end to end, at the deployed shape (seconds)."""
+        import copy as _copy
+
+        from t2n.analyse.latency import model_seconds
+        units_map = {u.name: list(u.blocks) for u in self.units}
+        config = MixedConfig(units_map, choice, {m.label: m for m in self.bag})
+        work = config.apply(_copy.deepcopy(self.model), cache=self.choices())
+        return model_seconds(work, self.deploy_sample())
+
     def _macs(self) -> dict:
         if "macs" not in self.__dict__:
             est_b, _ = self.batches()
@@ -267,8 +312,10 @@ class Analyser:
     # -- the sweep -----------------------------------------------------------------------------
     def run(self, min_constraint_value=None, max_constraint_value=None, num_configs: int = 5,
             constraint_values=None, constraint_type: str = "size",
-            loss_estimator: str = "value", num_real_loss_batches: int = 32) -> Results:
-        """Results keyed by budget (see Results)."""
+            loss_estimator: str = "value", num_real_loss_batches: int = 32,
+            measure_latency: bool = True) -> Results:
+        """Results keyed by budget (see Results). ``measure_latency``: time every chosen
+        configuration end to end in tract (at the deployed shape)."""
         t0 = time.perf_counter()
         problem = self.problem(constraint_type, loss_estimator)
         cheapest = problem.extreme(cheapest=True)
@@ -296,20 +343,20 @@ class Analyser:
                 _update(bar)
                 continue
             key = tuple(sorted(choice.items()))
-            if key in seen_configs:
-                real = seen_configs[key]
-            else:
-                real = self._real_loss(choice, cache, val_b, refs)
-                seen_configs[key] = real
+            if key not in seen_configs:
+                seen_configs[key] = (self._real_loss(choice, cache, val_b, refs),
+                                     self.measured_latency(choice) if measure_latency else None)
+            real, latency = seen_configs[key]
             summary = {"constraint": constraint_type, "budget": budget,
                        "cost": problem.total_cost(choice), "estimate": problem.objective(choice),
                        "estimator": loss_estimator, "real_loss": real, "task": self.task,
                        "float_dtype": self.float_dtype}
+            summary["latency_ms"] = None if latency is None else latency * 1e3
             config = MixedConfig(units_map, choice, {m.label: m for m in self.bag}, summary)
             results[budget] = Result(
                 budget, config, problem.objective(choice), real, problem.total_cost(choice),
                 int(size_problem.total_cost(choice)), macs_problem.total_cost(choice),
-                _cache=cache)
+                latency, _cache=cache)
             _update(bar)
         _close(bar)
         # uniform configurations: one method wherever it applies, float elsewhere
@@ -358,12 +405,15 @@ class Analyser:
 
 
 def _relative(value, cheapest: float):
-    """A budget as a number, or ``"1.25x"``: a multiple of the cheapest configuration."""
+    """A budget as a number, ``"1.25x"`` (a multiple of the cheapest configuration) or, for
+    latency, ``"12ms"`` (seconds otherwise)."""
     if value is None:
         return None
     if isinstance(value, str):
         text = value.strip().lower()
         try:
+            if text.endswith("ms"):
+                return float(text[:-2]) / 1e3
             if text.endswith("x"):
                 return float(text[:-1]) * cheapest
             return float(text)

@@ -1,0 +1,133 @@
+"""Latency of each choice measured in tract: the ``latency`` constraint of the analyser.
+
+Each block is timed on its own, in the storage format each choice gives it, at the shape it
+runs at when deployed (a causal LM: one token, the decode step; other models: the example
+input's shape with a batch of one): the block (the method's own module) is exported as a bundle
+of its own and run by tract, whose profiler gives the time of every node; the block's time is
+their sum, the median of several profiles. Blocks of the same kind, shape and storage format are
+timed once. The rest of the model is one fixed term: the whole float model's time in tract minus
+its blocks' times. A configuration's estimated latency is that term plus its blocks' times; the
+analyser then measures the chosen configurations end to end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies",
+           "model_seconds"]
+
+log = logging.getLogger("t2n.analyse")
+
+PROFILES = 7
+
+
+def profile_seconds(bundle: Path, inputs: list) -> float:
+    """tract's own time for one run of ``bundle`` on ``inputs``: the sum of its nodes'
+    seconds per iteration in tract's profile, the median of PROFILES profiles."""
+    import numpy as np
+    import tract
+    model = tract.nnef().with_tract_extra().with_tract_transformers().load(str(bundle))
+    runnable = model.into_runnable()
+    feeds = [np.ascontiguousarray(x) for x in inputs]
+    runnable.run(feeds)   # warm
+    times = []
+    for _ in range(PROFILES):
+        prof = json.loads(runnable.profile_json(feeds))
+        times.append(sum(float(n.get("secs_per_iter") or 0.0) for n in prof.get("nodes", [])))
+    return statistics.median(times)
+
+
+def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None) -> float:
+    """Export ``module`` called on ``args`` to a temporary bundle and time it in tract."""
+    from t2n.pipeline import export
+    with tempfile.TemporaryDirectory(prefix="t2n-latency-") as tmp:
+        path = Path(tmp) / "block"
+        export(module, args, path, kwargs=kwargs, check_io=None)
+        feeds = [a.detach().numpy() for a in list(args) + list((kwargs or {}).values())]
+        return profile_seconds(path, feeds)
+
+
+def deploy_inputs(model: nn.Module, units, sample, lm: bool) -> dict:
+    """{block name: example input tensor} at the deployed shape (one token for a causal LM,
+    a batch of one otherwise), from the shapes seen on ``sample``."""
+    named = dict(model.named_modules())
+    seen = {}
+    hooks = []
+    for unit in units:
+        for b in unit.blocks:
+            def hook(m, args, out, b=b):
+                if b not in seen and args and isinstance(args[0], torch.Tensor):
+                    seen[b] = args[0].detach()
+            hooks.append(named[b].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            args, kwargs = sample
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for b, x in seen.items():
+        if lm and x.dim() >= 2:
+            x = x[:1, -1:] if x.dim() >= 2 else x
+        elif x.dim() >= 1:
+            x = x[:1]
+        out[b] = x.contiguous()
+    return out
+
+
+def _signature(module: nn.Module, x: torch.Tensor) -> tuple:
+    w = getattr(module, "weight", None)
+    conv = tuple(getattr(module, k, None) for k in ("stride", "padding", "dilation", "groups"))
+    return (type(module).__name__, type(w).__name__ if w is not None else None,
+            tuple(w.shape) if w is not None else None, str(getattr(w, "dtype", None)),
+            getattr(module, "bias", None) is not None, conv, tuple(x.shape), str(x.dtype))
+
+
+def block_latencies(units, choices: dict, inputs: dict, progress=None) -> dict:
+    """{(unit name, label): seconds} for "float" and every available choice (the sum of the
+    unit's blocks), timing each distinct block once."""
+    import copy
+    cache: dict = {}
+
+    def timed(module, x):
+        key = _signature(module, x)
+        if key not in cache:
+            t0 = time.perf_counter()
+            cache[key] = time_bundle(copy.deepcopy(module).eval(), (x,))
+            log.debug("latency %s: %.1f us (measured in %.1f s)", key[:3], cache[key] * 1e6,
+                      time.perf_counter() - t0)
+        return cache[key]
+
+    out = {}
+    for unit in units:
+        if any(b not in inputs for b in unit.blocks):
+            continue   # a block the sample did not run
+        options = {"float": unit.modules}
+        options.update({label: by_unit[unit.name] for label, by_unit in choices.items()
+                        if unit.name in by_unit})
+        for label, modules in options.items():
+            out[(unit.name, label)] = sum(timed(m, inputs[b])
+                                          for b, m in zip(unit.blocks, modules))
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+def model_seconds(model: nn.Module, sample) -> float:
+    """The whole model's time in tract at ``sample`` (its example inputs)."""
+    import copy
+    args, kwargs = sample
+    kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    work = copy.deepcopy(model).eval()
+    if getattr(getattr(work, "config", None), "use_cache", False):
+        work.config.use_cache = False    # a forward without a cache object to trace
+    return time_bundle(work, tuple(args), kwargs)
