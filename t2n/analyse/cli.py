@@ -24,6 +24,7 @@ def _listed(value) -> list:
 
 def run_analyse(o: dict) -> None:
     from t2n.analyse import Analyser, Bag
+    from t2n.analyse.parallel import init_from_env, is_main, rank, world_size
     from t2n.load import load_model
     if not o.get("model") or not o.get("output"):
         raise OptionError("analyse needs MODEL and -o FOLDER",
@@ -38,6 +39,8 @@ def run_analyse(o: dict) -> None:
                           "give a new folder for the results")
     bag = Bag(*methods, registry=o.get("compression_registry"))
     bag.check()
+    if init_from_env(o.get("device") or "cpu"):   # started by torchrun
+        log.info("analyse: process %d of %d", rank(), world_size())
     t0 = time.perf_counter()
     shapes = o.get("input_shape") or ()
     loaded = load_model(o["model"], task=o.get("model_task"),
@@ -56,7 +59,7 @@ def run_analyse(o: dict) -> None:
                         samples=int(o.get("samples") or 8), seqlen=int(o.get("seqlen") or 256),
                         seed=int(o.get("seed") or 0), device=o.get("device") or "cpu",
                         float_dtype=o.get("dtype") or "f32", args=loaded.args,
-                        kwargs=loaded.kwargs, progress=True)
+                        kwargs=loaded.kwargs, progress=is_main())
     t0 = time.perf_counter()
     results = analyser.run(o.get("min"), o.get("max"), int(o.get("num_configs") or 5),
                            constraint_values=_listed(o.get("constraint_values")),
@@ -66,6 +69,9 @@ def run_analyse(o: dict) -> None:
                            measure_latency=not o.get("no_latency"))
     results.meta["model"] = str(o["model"])
     results.meta["seconds"] = time.perf_counter() - t0
+    results.meta["processes"] = world_size()
+    if not is_main():
+        return
     folder = results.save(output)
     from t2n.analyse.report import table_markdown
     click.echo(table_markdown(results), nl=False)

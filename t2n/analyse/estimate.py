@@ -25,10 +25,11 @@ import logging
 import torch
 from torch.nn import functional as F
 
+from t2n.analyse.parallel import all_sum, all_sum_tensor, rank, world_size
 from t2n.errors import OptionError
 
 __all__ = ["TASKS", "task_loss", "output_of", "reference_outputs", "value_estimates",
-           "grad_estimates", "measure_loss"]
+           "grad_estimates", "loss_sum", "measure_loss"]
 
 log = logging.getLogger("t2n.analyse")
 
@@ -83,13 +84,20 @@ def reference_outputs(model, samples) -> list:
         return [_run(model, s).detach() for s in samples]
 
 
-def measure_loss(model, samples, references, kind) -> float:
-    """The task loss of ``model`` averaged over ``samples``."""
+def loss_sum(model, samples, references, kind) -> float:
+    """The task loss of ``model`` summed over ``samples`` (this process's batches)."""
     total = 0.0
     with torch.no_grad():
         for sample, ref in zip(samples, references):
             total += float(task_loss(kind, ref, _run(model, sample)))
-    return total / max(1, len(samples))
+    return total
+
+
+def measure_loss(model, samples, references, kind) -> float:
+    """The task loss of ``model`` averaged over ``samples`` (over all processes' batches when
+    the analysis runs data-parallel)."""
+    total, count = all_sum([loss_sum(model, samples, references, kind), len(samples)])
+    return total / max(1.0, count)
 
 
 def _swap(model, unit, modules) -> list:
@@ -103,20 +111,24 @@ def _swap(model, unit, modules) -> list:
 
 def value_estimates(model, units, choices: dict, samples, references, kind,
                     progress=None) -> dict:
-    """``{(unit name, method label): measured loss}`` for every available choice."""
-    out = {}
+    """``{(unit name, method label): measured loss}`` for every available choice (the sums of
+    all processes added in one exchange at the end)."""
+    keys, sums = [], []
     for label, by_unit in choices.items():
         for unit in units:
             if unit.name not in by_unit:
                 continue
             old = _swap(model, unit, by_unit[unit.name])
             try:
-                out[(unit.name, label)] = measure_loss(model, samples, references, kind)
+                sums.append(loss_sum(model, samples, references, kind))
+                keys.append((unit.name, label))
             finally:
                 _swap(model, unit, old)
             if progress is not None:
                 progress.update(1)
-    return out
+    totals = all_sum(sums + [len(samples)])
+    count = max(1.0, totals[-1])
+    return {k: v / count for k, v in zip(keys, totals[:-1])}
 
 
 def _weight_of(module) -> torch.Tensor:
@@ -148,7 +160,10 @@ def grad_estimates(model, units, choices: dict, samples, kind, seed: int = 0,
         w.requires_grad_(True)
     count = 0
     try:
-        for sample in samples:
+        for i, sample in enumerate(samples):
+            # each batch draws from its own seed, by its place among all processes' batches,
+            # so that a data-parallel run draws what one process would
+            g.manual_seed(seed * 1_000_003 + rank() + i * world_size())
             model.zero_grad(set_to_none=True)
             out = _run(model, sample).float()
             if kind == "kl":
@@ -177,7 +192,10 @@ def grad_estimates(model, units, choices: dict, samples, kind, seed: int = 0,
         for p, flag in zip(params, saved):
             p.requires_grad_(flag)
             p.grad = None
-    scale = 1.0 / max(1, count)
+    for n in fisher:            # all processes' batches
+        all_sum_tensor(fisher[n])
+    count = all_sum([count])[0]
+    scale = 1.0 / max(1.0, count)
     out = {}
     for label, by_unit in choices.items():
         for unit in units:

@@ -27,6 +27,7 @@ from torch import nn
 from t2n.analyse.bag import Bag, run_methods
 from t2n.analyse.blocks import count_macs, find_units, module_bytes, weight_bits
 from t2n.analyse.config import FLOAT, MixedConfig
+from t2n.analyse.parallel import broadcast, is_main, shard, world_size
 from t2n.analyse.estimate import (TASKS, grad_estimates, measure_loss, reference_outputs,
                                   value_estimates)
 from t2n.analyse.solve import Problem, budgets, solve
@@ -181,7 +182,12 @@ class Analyser:
                                           "(half estimate, half validate)",
                                           "give more calibration data")
                     est_b, val_b = items[0::2], items[1::2]
-            self._batches = (est_b, val_b)
+            # data-parallel (torchrun): this process's share of both
+            self._batches = (shard(est_b), shard(val_b))
+            if not self._batches[0] or not self._batches[1]:
+                raise OptionError(f"{world_size()} processes for {len(est_b)} analysis "
+                                  f"batch(es) and {len(val_b)} validation batch(es)",
+                                  "give more samples, or start fewer processes")
         return self._batches
 
     # -- stages --------------------------------------------------------------------------------
@@ -277,24 +283,38 @@ class Analyser:
 
     def _latencies(self) -> tuple[dict, float]:
         """({(unit, label): seconds}, the seconds outside the units), measured in tract."""
+        if "latency" not in self.__dict__ and world_size() > 1:
+            # one process measures, so that every process solves the same problem
+            self.__dict__["latency"] = broadcast(self._measure_latencies() if is_main()
+                                                 else None)
         if "latency" not in self.__dict__:
-            from t2n.analyse.latency import block_latencies, deploy_inputs, model_seconds
-            t0 = time.perf_counter()
-            inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
-            choices = self.choices()
-            total = len(self.units) + sum(len(v) for v in choices.values())
-            bar = _bar(total, "tract latencies", self.progress)
-            lat = block_latencies(self.units, choices, inputs, progress=bar)
-            _close(bar)
-            whole = model_seconds(self.model, self.deploy_sample())
-            fixed = whole - sum(lat.get((u.name, FLOAT), 0.0) for u in self.units)
-            self.timings["latency_s"] = time.perf_counter() - t0
-            self.__dict__["latency"] = (lat, fixed, whole)
+            self.__dict__["latency"] = self._measure_latencies()
         lat, fixed, _ = self.__dict__["latency"]
         return lat, fixed
 
+    def _measure_latencies(self) -> tuple:
+        """({(unit, label): seconds}, the rest of the model, the whole float model)."""
+        from t2n.analyse.latency import block_latencies, deploy_inputs, model_seconds
+        t0 = time.perf_counter()
+        inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
+        choices = self.choices()
+        total = len(self.units) + sum(len(v) for v in choices.values())
+        bar = _bar(total, "tract latencies", self.progress)
+        lat = block_latencies(self.units, choices, inputs, progress=bar)
+        _close(bar)
+        whole = model_seconds(self.model, self.deploy_sample())
+        fixed = whole - sum(lat.get((u.name, FLOAT), 0.0) for u in self.units)
+        self.timings["latency_s"] = time.perf_counter() - t0
+        return lat, fixed, whole
+
     def measured_latency(self, choice: dict) -> float:
-        """A configuration's time in tract end to end, at the deployed shape (seconds)."""
+        """A configuration's time in tract end to end, at the deployed shape (seconds;
+        measured by process 0 when the analysis runs data-parallel)."""
+        if world_size() > 1:
+            return broadcast(self._measured_latency(choice) if is_main() else None)
+        return self._measured_latency(choice)
+
+    def _measured_latency(self, choice: dict) -> float:
         import copy as _copy
 
         from t2n.analyse.latency import model_seconds

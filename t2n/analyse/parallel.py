@@ -1,0 +1,80 @@
+"""Data-parallel analysis with torch.distributed (``torchrun --nproc_per_node N``): each process
+takes every N-th batch, and the sums behind every estimate and real loss are added across
+processes, so all of them reach the same numbers (up to the order of float additions) and the
+same configurations as one process would. Methods run in every process (they are
+deterministic); tract latencies are measured by process 0 and sent to the others; only process
+0 writes results. Backend: gloo on CPU, nccl for CUDA devices.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["init_from_env", "rank", "world_size", "shard", "all_sum", "broadcast", "is_main"]
+
+
+def _dist():
+    import torch.distributed as dist
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); False when run alone."""
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def rank() -> int:
+    d = _dist()
+    return d.get_rank() if d else 0
+
+
+def world_size() -> int:
+    d = _dist()
+    return d.get_world_size() if d else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shard(items: list) -> list:
+    """This process's share: items rank, rank + N, rank + 2N, ..."""
+    return list(items)[rank()::world_size()]
+
+
+def all_sum(values, device: str = "cpu") -> list[float]:
+    """The element-wise sum of ``values`` (a list of floats) over all processes, in float64."""
+    d = _dist()
+    values = [float(v) for v in values]
+    if d is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=device if str(device).startswith("cuda") else "cpu")
+    d.all_reduce(t, op=d.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def all_sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    d = _dist()
+    if d is not None:
+        d.all_reduce(t, op=d.ReduceOp.SUM)
+    return t
+
+
+def broadcast(obj):
+    """Process 0's ``obj`` in every process."""
+    d = _dist()
+    if d is None:
+        return obj
+    box = [obj if d.get_rank() == 0 else None]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
