@@ -235,6 +235,27 @@ def test_grad_estimates_rank_the_choices_as_measured_losses_do():
     assert 1 / 3 < sum(grad.values()) / sum(value.values()) < 3
 
 
+@pytest.mark.gpu
+def test_estimates_on_cuda_match_the_cpu_ones():
+    bag = Bag("min_max_q4_0_all", "ptq_int8")
+    cpu = Analyser(mlp(), bag, calibration_data=inputs(), task="classification")
+    gpu = Analyser(mlp(), bag, calibration_data=inputs(), task="classification",
+                   device="cuda")
+    for kind in ("value", "grad"):
+        a, b = cpu.estimates(kind), gpu.estimates(kind)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=2e-2, abs=1e-9), (kind, k)
+    assert next(gpu.model.parameters()).device.type == "cpu"   # back for export
+
+
+def test_a_cuda_device_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(OptionError, match="sees no CUDA device"):
+        Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(), device="cuda")
+
+
 def test_results_folder_and_report_page(mlp_results, tmp_path):
     _, _, results = mlp_results
     first = results[sorted(results)[0]]
@@ -288,6 +309,10 @@ def test_the_report_slider_changes_the_configuration_shown_in_a_browser(mlp_resu
 @pytest.mark.slow   # starts several t2n processes
 def test_analyse_cli_then_export_llm_with_a_mixed_config(tiny_folder, tmp_path):
     folder = tiny_folder
+    # the LLM entry point of the API on the same folder
+    analyser = Analyser.for_llm(folder, Bag("min_max_q4_0_all"), samples=2, seqlen=16)
+    assert analyser.task == "causal-lm" and analyser.tokenizer is not None
+    assert len(analyser.units) == 15
     (tmp_path / "calib.txt").write_text(PROSE * 4)
     proc = run_t2n(tmp_path, "analyse", folder, "-o", "out", "-m", "min_max_q4_0_all",
                "-m", "grid_mse_q4_0_all", "--calibration-data", "calib.txt", "--samples", "4",

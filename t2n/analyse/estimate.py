@@ -74,8 +74,19 @@ def task_loss(kind, reference: torch.Tensor, output: torch.Tensor) -> torch.Tens
     raise OptionError(f"unknown task loss {kind!r}", "use kl, mse, cosine or a dotted path")
 
 
+def _device_of(model) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def _run(model, sample):
     args, kwargs = sample
+    device = _device_of(model)
+    if device.type != "cpu":   # estimates on a GPU: the batches follow the model
+        args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                  for k, v in kwargs.items()}
     return output_of(model(*args, **kwargs))
 
 
@@ -152,7 +163,8 @@ def grad_estimates(model, units, choices: dict, samples, kind, seed: int = 0,
         weights[unit.name] = w
     params = list(model.parameters())
     saved = [p.requires_grad for p in params]
-    fisher = {n: torch.zeros(w.shape, dtype=torch.float32) for n, w in weights.items()}
+    fisher = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+              for n, w in weights.items()}
     g = torch.Generator().manual_seed(seed)
     for p in params:           # gradients of the units' weights only
         p.requires_grad_(False)
@@ -168,8 +180,9 @@ def grad_estimates(model, units, choices: dict, samples, kind, seed: int = 0,
             out = _run(model, sample).float()
             if kind == "kl":
                 logp = F.log_softmax(out, dim=-1)
-                flat = logp.detach().exp().reshape(-1, out.shape[-1])
+                flat = logp.detach().exp().reshape(-1, out.shape[-1]).cpu()
                 target = torch.multinomial(flat, 1, generator=g).reshape(out.shape[:-1])
+                target = target.to(out.device)
                 nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
                 rows = nll.numel()
                 loss = nll.sum()
@@ -177,7 +190,7 @@ def grad_estimates(model, units, choices: dict, samples, kind, seed: int = 0,
                 y = _pooled(out) if kind == "cosine" else out
                 if kind == "cosine":
                     y = F.normalize(y, dim=-1)
-                noise = torch.randn(y.shape, generator=g)
+                noise = torch.randn(y.shape, generator=g).to(y.device)
                 target = y.detach() + noise
                 rows = y.shape[0]
                 loss = 0.5 * ((y - target) ** 2).sum()

@@ -13,6 +13,8 @@ import torch
 
 __all__ = ["init_from_env", "rank", "world_size", "shard", "all_sum", "broadcast", "is_main"]
 
+_COLLECTIVE_DEVICE = "cpu"    # where the tensors of collectives live (cuda under nccl)
+
 
 def _dist():
     import torch.distributed as dist
@@ -29,6 +31,8 @@ def init_from_env(device: str = "cpu") -> bool:
         dist.init_process_group(backend=backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    global _COLLECTIVE_DEVICE
+    _COLLECTIVE_DEVICE = "cuda" if dist.get_backend() == "nccl" else "cpu"
     return True
 
 
@@ -51,22 +55,25 @@ def shard(items: list) -> list:
     return list(items)[rank()::world_size()]
 
 
-def all_sum(values, device: str = "cpu") -> list[float]:
+def all_sum(values) -> list[float]:
     """The element-wise sum of ``values`` (a list of floats) over all processes, in float64."""
     d = _dist()
     values = [float(v) for v in values]
     if d is None:
         return values
-    t = torch.tensor(values, dtype=torch.float64,
-                     device=device if str(device).startswith("cuda") else "cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=_COLLECTIVE_DEVICE)
     d.all_reduce(t, op=d.ReduceOp.SUM)
     return t.cpu().tolist()
 
 
 def all_sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over all processes, in place."""
     d = _dist()
     if d is not None:
-        d.all_reduce(t, op=d.ReduceOp.SUM)
+        moved = t.to(_COLLECTIVE_DEVICE)
+        d.all_reduce(moved, op=d.ReduceOp.SUM)
+        if moved is not t:
+            t.copy_(moved)
     return t
 
 

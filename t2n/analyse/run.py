@@ -15,6 +15,7 @@ even ones for the estimates and the odd ones for the real losses (disjoint), unl
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -139,6 +140,8 @@ class Analyser:
             raise OptionError(f"unknown float type {float_dtype!r}", "use f32 or f16")
         self.float_dtype = float_dtype
         self.units = find_units(model, block_names)
+        from t2n.calibrate.device import check_device
+        check_device(device)
         self.tokenizer, self.seed, self.device = tokenizer, seed, device
         self.calibration_data, self.validation_data = calibration_data, validation_data
         self.samples, self.seqlen = samples, seqlen
@@ -148,6 +151,20 @@ class Analyser:
         self._estimates: dict = {}
         self._batches: tuple | None = None
         self.timings: dict = {}
+
+    @classmethod
+    def for_llm(cls, model: str, bag, calibration_data=None, **kwargs) -> Analyser:
+        """An analyser of the causal LM at ``model`` (a hub id in the local cache, a Hugging
+        Face folder or a .gguf file), loaded in float with its tokenizer; ``calibration_data``:
+        text (a file, a folder of .txt files, hf:DATASET) or None (text sampled from the model).
+        """
+        from t2n.load import load_model
+        loaded = load_model(str(model), need_inputs=False)
+        if loaded.quantized:
+            raise OptionError(f"{model} is already quantized ({loaded.quantized})",
+                              "analyse the float model")
+        return cls(loaded.module, bag, calibration_data=calibration_data, task="causal-lm",
+                   tokenizer=loaded.tokenizer, **kwargs)
 
     # -- data ----------------------------------------------------------------------------------
     @property
@@ -203,6 +220,27 @@ class Analyser:
             self.timings["methods_s"] = time.perf_counter() - t0
         return self._choices
 
+    @contextlib.contextmanager
+    def _placed(self):
+        """The model and the methods' modules on ``device`` for the estimates and losses
+        (a CUDA device: torch runs them there); back on the CPU afterwards, for export."""
+        if str(self.device) == "cpu":
+            yield
+            return
+        from t2n.calibrate.device import check_device
+        check_device(self.device)
+        modules = [m for by_unit in self.choices().values() for mods in by_unit.values()
+                   for m in mods]
+        self.model.to(self.device)
+        for m in modules:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            self.model.to("cpu")
+            for m in modules:
+                m.to("cpu")
+
     def estimates(self, estimator: str = "value") -> dict:
         if estimator not in ESTIMATORS:
             raise OptionError(f"unknown loss estimator {estimator!r}",
@@ -213,13 +251,14 @@ class Analyser:
             total = sum(len(v) for v in choices.values())
             bar = _bar(total, f"{estimator} estimates", self.progress)
             t0 = time.perf_counter()
-            if estimator == "value":
-                refs = reference_outputs(self.model, est_b)
-                out = value_estimates(self.model, self.units, choices, est_b, refs,
-                                      self.loss, progress=bar)
-            else:
-                out = grad_estimates(self.model, self.units, choices, est_b, self.loss,
-                                     seed=self.seed, progress=bar)
+            with self._placed():
+                if estimator == "value":
+                    refs = reference_outputs(self.model, est_b)
+                    out = value_estimates(self.model, self.units, choices, est_b, refs,
+                                          self.loss, progress=bar)
+                else:
+                    out = grad_estimates(self.model, self.units, choices, est_b, self.loss,
+                                         seed=self.seed, progress=bar)
             _close(bar)
             self.timings[f"{estimator}_s"] = time.perf_counter() - t0
             self._estimates[estimator] = out
@@ -344,7 +383,8 @@ class Analyser:
                          [_relative(v, cheapest) for v in constraint_values or []])
         _, val_b = self.batches()
         val_b = val_b[:max(1, num_real_loss_batches)]
-        refs = reference_outputs(self.model, val_b)
+        with self._placed():
+            refs = reference_outputs(self.model, val_b)
         results = Results()
         results.units = [{"name": u.name, "blocks": list(u.blocks)} for u in self.units]
         cache = self.choices()
@@ -410,6 +450,10 @@ class Analyser:
         return results
 
     def _real_loss(self, choice: dict, cache: dict, batches, refs) -> float:
+        with self._placed():
+            return self._real_loss_here(choice, cache, batches, refs)
+
+    def _real_loss_here(self, choice: dict, cache: dict, batches, refs) -> float:
         from t2n.analyse.estimate import _swap
         by_name = {u.name: u for u in self.units}
         swapped = []

