@@ -18,6 +18,7 @@ import numpy as np
 from t2n import verify
 from t2n.errors import LoadError
 from t2n.quant.q4_0 import ITEM_TYPE as Q4_0_ITEM_TYPE
+from t2n.quant.q8_1 import ITEM_TYPE as Q8_1_ITEM_TYPE
 
 __all__ = ["BundleInfo", "bundle_info", "check_bundle", "ops_table", "read_member"]
 
@@ -164,6 +165,8 @@ class BundleInfo:
     properties: dict[str, str] = field(default_factory=dict)
     # tensors tract holds in 8 bits (QU8/QI8) once loaded: name -> type
     quantized: dict[str, str] = field(default_factory=dict)
+    # int8 weights with per-row scales, dequantized in the graph (w8_per_row): labels
+    int8_weights: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         lines = [f"bundle {self.path}"]
@@ -178,6 +181,9 @@ class BundleInfo:
             kinds = Counter(t.split("(")[0] for t in self.quantized.values())
             lines.append(f"8-bit in tract: {len(self.quantized)} tensors (" + ", ".join(
                 f"{k} x{v}" for k, v in sorted(kinds.items())) + ")")
+        if self.int8_weights:
+            lines.append(f"int8 weights, float activations: {len(self.int8_weights)} tensors "
+                         "(i8 levels, f32 row scales, dequantized in the graph)")
         if self.properties:
             lines.append("properties: " + ", ".join(f"{k}={v}" for k, v in self.properties.items()))
         return "\n".join(lines)
@@ -196,6 +202,8 @@ def _dat_format(head: bytes) -> str:
         return {1: "u", 2: "u", 3: "i", 4: "i"}.get(item, "?") + str(bits)
     if item == Q4_0_ITEM_TYPE:
         return "q4_0"
+    if item == Q8_1_ITEM_TYPE:
+        return "q8_1"
     return f"tract:{item:#x}"
 
 
@@ -217,6 +225,10 @@ def bundle_info(path) -> BundleInfo:
     body = text[text.index("graph "):]
     info.ops = dict(Counter(re.findall(r"=\s*([A-Za-z_]\w*)\s*[<(]", body)))
     info.ops.pop("tract_core_external", None)
+    kinds = {label: kind for kind, label in
+             re.findall(r'variable<(\w+)>\(label = "([^"]+)"', body)}
+    info.int8_weights = [label for label, kind in kinds.items()
+                         if kind == "integer" and kinds.get(f"{label}.scale") == "scalar"]
     info.ops.pop("variable", None)
     for name, size in _members(path).items():
         if name.endswith(".dat"):

@@ -18,6 +18,10 @@ def _stored_bytes(entry: dict) -> int:
         return n // 32 * 18
     if entry["storage"] == "int8":
         return n
+    if entry["storage"] == "q8_1":
+        return n // 32 * 36
+    if entry["storage"] == "w8_per_row":
+        return n + int(entry["shape"][0]) * 4
     return n * getattr(torch, entry.get("dtype", "float32")).itemsize
 
 

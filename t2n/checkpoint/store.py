@@ -9,11 +9,16 @@ Layout (written whole into a temporary folder beside the destination, then moved
                           (uint8 [n_blocks, 16], two levels per byte as GGML/tract pack them:
                           low nibble value j, high nibble value j + 16, stored as level + 8);
                           an 8-bit weight (ptq_int8) as ``NAME.int8_levels`` (int8, or uint8
-                          for an unsigned grid), its scale and zero point in the map
+                          for an unsigned grid), its scale and zero point in the map; a Q8_1
+                          table as ``NAME.q8_1_scales`` (float16 [n_blocks]) and
+                          ``NAME.q8_1_levels`` (int8 [n_blocks, 32]); an int8-rows weight
+                          (w8_per_row) as ``NAME.w8_levels`` (int8, its shape) and
+                          ``NAME.w8_scales`` (float32 [rows])
     quantization.json     the map: format and version, how to rebuild the module (a
                           transformers class with its config, or a dotted path), the 8-bit
                           layers that replace float ones (their input/output quantization),
-                          and for each tensor name its storage (float / q4_0 / int8), logical
+                          and for each tensor name its storage (float / q4_0 / int8 / q8_1 /
+                          w8_per_row), logical
                           shape and float dtype, or the name it is tied to; plus the record of
                           how it was made
                           (compression, options, calibration source and digest, t2n version)
@@ -21,7 +26,8 @@ Layout (written whole into a temporary folder beside the destination, then moved
 
 Loading reads JSON and safetensors only (never unpickles), builds the module without
 allocating its weights (on the meta device) and puts the stored tensors in: a Q4_0 weight
-comes back as the same read-only ``Q4_0Tensor`` the compressors produce.
+comes back as the same read-only ``Q4_0Tensor`` the compressors produce (``Q8_1Tensor``,
+``W8Tensor`` likewise).
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ from torch import nn
 
 from t2n.errors import LoadError, WriteError
 from t2n.quant.q4_0 import BLOCK, BLOCK_BYTES, Q4_0Tensor
+from t2n.quant.q8_1 import Q8_1Tensor
+from t2n.quant.w8 import W8Tensor
 
 __all__ = ["FORMAT", "MAP_NAME", "WEIGHTS_NAME", "Checkpoint", "is_checkpoint",
            "save_quantized", "load_quantized", "read_map"]
@@ -48,6 +56,8 @@ FORMAT, VERSION = "t2n-quantized", 1
 MAP_NAME, WEIGHTS_NAME = "quantization.json", "model.safetensors"
 _SCALES, _LEVELS = ".q4_0_scales", ".q4_0_levels"
 _INT8 = ".int8_levels"
+_Q8_1_SCALES, _Q8_1_LEVELS = ".q8_1_scales", ".q8_1_levels"
+_W8_LEVELS, _W8_SCALES = ".w8_levels", ".w8_scales"
 _QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8}
 _REMAKE = "quantize the model again with 't2n quantize'"
 
@@ -172,6 +182,18 @@ def save_quantized(model: nn.Module, path, *, tokenizer=None, record: dict | Non
                 stored[name + _SCALES] = raw[:, :2].contiguous().view(torch.float16).reshape(-1)
                 stored[name + _LEVELS] = raw[:, 2:].contiguous()
                 entries[name] = {"storage": "q4_0", "shape": shape, "dtype": dtype,
+                                 "kind": kind}
+            elif isinstance(t, Q8_1Tensor):
+                raw = t.packed.detach().cpu()
+                stored[name + _Q8_1_SCALES] = raw[:, 0:2].contiguous().view(torch.float16) \
+                    .reshape(-1)
+                stored[name + _Q8_1_LEVELS] = raw[:, 4:].contiguous().view(torch.int8)
+                entries[name] = {"storage": "q8_1", "shape": shape, "dtype": dtype,
+                                 "kind": kind}
+            elif isinstance(t, W8Tensor):
+                stored[name + _W8_LEVELS] = t.levels.detach().cpu().contiguous()
+                stored[name + _W8_SCALES] = t.scales.detach().cpu().contiguous()
+                entries[name] = {"storage": "w8_per_row", "shape": shape, "dtype": dtype,
                                  "kind": kind}
             elif key in int8_weights:
                 scale, zero_point, qdtype = _qparams_out(int8_weights[key])
@@ -311,6 +333,24 @@ def load_quantized(path, *, dtype: str | None = None) -> Checkpoint:
                 packed[:, :2] = scales.contiguous().view(torch.uint8).reshape(n, 2)
                 packed[:, 2:] = levels
                 value = Q4_0Tensor(packed, e["shape"], want or float_dtype)
+            elif e.get("storage") == "q8_1":
+                scales, levels = get(name + _Q8_1_SCALES), get(name + _Q8_1_LEVELS)
+                try:
+                    value = Q8_1Tensor.from_blocks(scales, levels, e["shape"],
+                                                   want or float_dtype)
+                except (TypeError, ValueError) as err:
+                    raise LoadError(f"{weights}: Q8_1 tensor {name} {e['shape']}: {err}",
+                                    _REMAKE) from err
+            elif e.get("storage") == "w8_per_row":
+                levels, scales = get(name + _W8_LEVELS), get(name + _W8_SCALES)
+                if list(levels.shape) != list(e["shape"]):
+                    raise LoadError(f"{weights}: int8-rows tensor {name} is "
+                                    f"{list(levels.shape)}, the map says {e['shape']}", _REMAKE)
+                try:
+                    value = W8Tensor.from_levels(levels, scales, want or float_dtype)
+                except (TypeError, ValueError) as err:
+                    raise LoadError(f"{weights}: int8-rows tensor {name}: {err}",
+                                    _REMAKE) from err
             elif e.get("storage") == "int8":
                 levels = get(name + _INT8)
                 if list(levels.shape) != list(e["shape"]):

@@ -54,6 +54,9 @@ class Ctx:
         self._consts: dict[tuple, Value] = {}
         self.out_quant = None     # (scale, zero_point, dtype) when the node's output is 8-bit
         self._dequantized: dict[str, Value] = {}
+        # weights dequantized in the graph from int8 rows (t2n.translate.weights): the float
+        # weight's name -> (levels variable, scales variable)
+        self.int8_rows: dict[str, tuple[Value, Value]] = {}
         # names inside tract's stdlib fragments: a graph.quant entry under one of them would
         # also apply inside every fragment (linear, relu, pools), so no tensor gets them
         for name in _FRAGMENT_INTERNAL_NAMES:

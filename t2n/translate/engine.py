@@ -13,10 +13,11 @@ from torch.export.graph_signature import InputKind
 
 from t2n.errors import T2NError, TranslationError, UnsupportedOpsError
 from t2n.nnef.graph import Dim, Graph, Input, Operation, Ref, ref_names, renamed
-from t2n.quant import storage_of
+from t2n.quant import GATHER_ONLY, W8Tensor, storage_of
 from t2n.translate.context import Ctx, Options, Value
 from t2n.translate.families.quantize import QUANT_META, plan_quantization
 from t2n.translate.registry import EIGHT_BIT, lookup, op_name
+from t2n.translate.weights import int8_rows_weight
 from t2n.translate.widen import widen_f16_arithmetic
 
 __all__ = ["translate", "torch_dtype_name", "missing_ops", "node_location"]
@@ -233,7 +234,16 @@ def translate(program: ExportedProgram, *, input_names: list[str] | None = None,
         name = ctx.fresh(_identifier(target))
         dtype = torch_dtype_name(tensor.dtype)
         stored = storage_of(tensor)
-        if stored is not None:  # block-quantized: written in its own format, declared as float
+        if isinstance(tensor, W8Tensor):  # int8 levels and row scales, dequantized in the graph
+            env[node] = int8_rows_weight(ctx, name, target, tensor, dtype)
+        elif stored is not None and stored[0] in GATHER_ONLY and not _only_gathered(node):
+            # tract cannot multiply by such a table: its float values are written instead
+            log.info("%s: %s table also read by %s, not only by embedding lookups: written "
+                     "in float", target, stored[0], ", ".join(sorted(
+                         {op_name(u.target) for u in node.users if not _gathers(u, node)})))
+            env[node] = ctx.variable(name, target, tuple(tensor.shape), dtype,
+                                     _lazy_numpy_dequantized(tensor))
+        elif stored is not None:  # block-quantized: written in its own format, declared as float
             env[node] = ctx.variable(name, target, tuple(tensor.shape), dtype, tensor,
                                      storage=stored[0], encode=stored[1])
         else:
@@ -347,6 +357,19 @@ def _lazy_numpy(tensor: torch.Tensor):
             t = t.float()
         return t.contiguous().numpy()
     return produce
+
+
+def _lazy_numpy_dequantized(tensor):
+    return lambda: _lazy_numpy(tensor.dequantize())()
+
+
+def _gathers(user, node) -> bool:
+    return user.target is torch.ops.aten.embedding.default and user.args[0] is node
+
+
+def _only_gathered(node) -> bool:
+    """Whether every reader of placeholder ``node`` is an embedding lookup in it."""
+    return all(_gathers(u, node) for u in node.users)
 
 
 def _resolve(arg, env):

@@ -9,6 +9,7 @@ from t2n.translate.families._common import (
     axis, broadcast_rank, dim_add, dim_mul, dim_sub, operand, same_dtype)
 from t2n.translate.families.shape import slice_axis
 from t2n.translate.registry import translates
+from t2n.translate.weights import gather_rows
 
 aten = torch.ops.aten
 
@@ -54,6 +55,9 @@ def _broadcast_to(ctx, x: Value, shape) -> Value:
 @translates(aten.embedding.default)
 def embedding(ctx, weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
     """embedding(Tensor weight, Tensor indices, SymInt padding_idx=-1, bool scale_grad_by_freq=False, bool sparse=False) -> Tensor"""
+    rows = gather_rows(ctx, weight, indices)
+    if rows is not None:  # int8 rows and their scales gathered, then dequantized
+        return rows
     if ctx.block_quantized(weight):  # tract decodes the rows; it needs the output type
         return ctx.op("tract_core_gather", weight, indices, axis=0, datum_type=weight.dtype)
     return ctx.op("tract_core_gather", weight, indices, axis=0)
