@@ -235,6 +235,25 @@ def test_grad_estimates_rank_the_choices_as_measured_losses_do():
     assert 1 / 3 < sum(grad.values()) / sum(value.values()) < 3
 
 
+def test_each_storage_format_is_costed_by_its_own_bytes():
+    """Q4_0 18 bytes per 32 values, int8 rows 1 byte per value and a float scale per row,
+    float 4 (f32) or 2 (f16) bytes per value; biases stay float."""
+    model = mlp()
+    analyser = Analyser(model, Bag("min_max_q4_0_all", "w8_per_row"), calibration_data=inputs(),
+                        task="classification")
+    for dtype, float_bytes in (("f32", 4), ("f16", 2)):
+        analyser.float_dtype = dtype
+        problem = analyser.problem("size", "value")
+        for unit in analyser.units:
+            lin = unit.modules[0]
+            n, k = lin.weight.shape
+            bias = n * float_bytes
+            assert problem.cost[(unit.name, "float")] == n * k * float_bytes + bias
+            assert problem.cost[(unit.name, "min_max_q4_0_all")] == n * k // 32 * 18 + bias
+            assert problem.cost[(unit.name, "w8_per_row")] == n * k + 4 * n + bias
+    analyser.float_dtype = "f32"
+
+
 @pytest.mark.gpu
 def test_estimates_on_cuda_match_the_cpu_ones():
     bag = Bag("min_max_q4_0_all", "ptq_int8")

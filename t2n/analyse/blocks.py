@@ -35,7 +35,7 @@ class Unit:
         w, r = getattr(module, "weight", None), getattr(ref, "weight", None)
         if w is None or r is None:
             return False
-        if type(w) is not type(r) or isinstance(w, Q4_0Tensor):
+        if type(w) is not type(r) or isinstance(w, Q4_0Tensor) or hasattr(w, "nbytes_packed"):
             return True
         return w.shape != r.shape or not torch.equal(w.detach(), r.detach())
 
@@ -89,6 +89,8 @@ def tensor_bytes(t: torch.Tensor, float_bytes: int) -> int:
     tensors ``float_bytes`` per value (4 for f32 exports, 2 for f16)."""
     if isinstance(t, Q4_0Tensor):
         return t.numel() // 32 * 18
+    if hasattr(t, "nbytes_packed"):     # Q8_1 tables, int8-rows weights
+        return int(t.nbytes_packed)
     if not t.is_floating_point():
         return t.numel() * t.element_size()
     return t.numel() * float_bytes
@@ -122,6 +124,8 @@ def weight_bits(modules, float_bits: int) -> float:
     w = getattr(m, "weight", None)
     if isinstance(w, Q4_0Tensor):
         return 4.5
+    if hasattr(w, "nbytes_packed") and w.numel():
+        return 8.0 * int(w.nbytes_packed) / w.numel()
     return float(float_bits)
 
 

@@ -145,7 +145,7 @@ def value_estimates(model, units, choices: dict, samples, references, kind,
 def _weight_of(module) -> torch.Tensor:
     from t2n.quant.q4_0 import Q4_0Tensor
     w = module.weight
-    if isinstance(w, Q4_0Tensor):
+    if isinstance(w, Q4_0Tensor) or hasattr(w, "nbytes_packed"):   # Q4_0, Q8_1, int8 rows
         return w.dequantize().float()
     return w.detach().float()
 
