@@ -11,8 +11,10 @@ if ! command -v chromium >/dev/null 2>&1; then
       chromium; } >/dev/null 2>&1 || echo "warning: chromium did not install" >&2
 fi
 export T2N_REQUIRE_BROWSER=1   # the browser test fails, rather than skips, without chromium
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || exit $?
-.venv/bin/python -m pytest -q -p no:cacheprovider -m slow "$@"
+# one test process per core (pytest-xdist); T2N_TEST_WORKERS=0 runs them in this process
+workers=(-n "${T2N_TEST_WORKERS:-auto}")
+.venv/bin/python -m pytest -q -p no:cacheprovider "${workers[@]}" "$@" || exit $?
+.venv/bin/python -m pytest -q -p no:cacheprovider -m slow "${workers[@]}" "$@"
 status=$?
 # 5: the slow marker selected no test, which means the real-model tests went missing
 [ "$status" -eq 5 ] && echo "error: no test is marked slow" >&2
