@@ -150,6 +150,8 @@ class Analyser:
         self._choices: dict | None = None
         self._estimates: dict = {}
         self._batches: tuple | None = None
+        self._latency: tuple | None = None        # (block seconds, rest, whole model)
+        self._macs_by_unit: dict | None = None
         self.timings: dict = {}
 
     @classmethod
@@ -322,14 +324,19 @@ class Analyser:
 
     def _latencies(self) -> tuple[dict, float]:
         """({(unit, label): seconds}, the seconds outside the units), measured in tract."""
-        if "latency" not in self.__dict__ and world_size() > 1:
+        if self._latency is None and world_size() > 1:
             # one process measures, so that every process solves the same problem
-            self.__dict__["latency"] = broadcast(self._measure_latencies() if is_main()
-                                                 else None)
-        if "latency" not in self.__dict__:
-            self.__dict__["latency"] = self._measure_latencies()
-        lat, fixed, _ = self.__dict__["latency"]
+            self._latency = broadcast(self._measure_latencies() if is_main() else None)
+        if self._latency is None:
+            self._latency = self._measure_latencies()
+        lat, fixed, _ = self._latency
         return lat, fixed
+
+    @property
+    def whole_model_seconds(self) -> float:
+        """The float model's time in tract at the deployed shape (measured once)."""
+        self._latencies()
+        return self._latency[2]
 
     def _measure_latencies(self) -> tuple:
         """({(unit, label): seconds}, the rest of the model, the whole float model)."""
@@ -363,10 +370,10 @@ class Analyser:
         return model_seconds(work, self.deploy_sample())
 
     def _macs(self) -> dict:
-        if "macs" not in self.__dict__:
+        if self._macs_by_unit is None:
             est_b, _ = self.batches()
-            self.__dict__["macs"] = count_macs(self.model, self.units, est_b)
-        return self.__dict__["macs"]
+            self._macs_by_unit = count_macs(self.model, self.units, est_b)
+        return self._macs_by_unit
 
     # -- the sweep -----------------------------------------------------------------------------
     def run(self, min_constraint_value=None, max_constraint_value=None, num_configs: int = 5,
