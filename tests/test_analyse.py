@@ -196,9 +196,12 @@ def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_resu
     problem = analyser.problem("latency", "value")
     slowest = problem.extreme(cheapest=False)
     fastest = problem.extreme(cheapest=True)
+    # budgets in ms as a user writes them (rounded up: a budget rounded below the fastest
+    # configuration would fit nothing)
     results = analyser.run(constraint_type="latency",
-                           constraint_values=[f"{fastest * 1e3:.6f}ms", f"{slowest * 1e3:.6f}ms",
-                                              f"{fastest * 0.5 * 1e3:.6f}ms"])
+                           constraint_values=[f"{fastest * 1.001e3:.6f}ms",
+                                              f"{slowest * 1.001e3:.6f}ms",
+                                              f"{fastest * 0.5e3:.6f}ms"])
     assert len(results) == 2            # half the fastest configuration fits nothing
     for budget, r in results.items():
         assert r.cost <= budget and r.latency_s is not None and r.latency_s > 0
