@@ -1,4 +1,5 @@
-"""The torch side shared by the read-only quantized tensors of ``t2n.quant`` (Q8_1, int8 rows).
+"""The torch side shared by the read-only quantized tensors of ``t2n.quant`` (Q4_0, Q8_1, int8
+rows).
 
 A ``PackedTensor`` is a wrapper subclass that stands for a float tensor (its ``shape`` and
 ``dtype``) while holding only plain inner tensors (its packed form). Every op that reads it gets
@@ -9,8 +10,8 @@ its quantized weights; ``embedding`` decodes only the rows looked up. Ops that w
 (in-place and ``out=`` variants, ``t[i] = v``, ``t.data = v``) raise. ``torch.export`` keeps
 it as it is in the program's state dict, where the translator finds it by parameter name.
 
-This is the mechanism of ``t2n.quant.q4_0.Q4_0Tensor`` (which predates it and has its own copy),
-made generic: a subclass names its inner tensors, rebuilds itself from them and decodes.
+Q4_0, Q8_1 and int8-rows tensors all use it: a subclass names its inner tensors, rebuilds
+itself from them and decodes.
 """
 from __future__ import annotations
 

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_map
 
 from t2n.nnef.dat import TRACT_VENDOR, header
+from t2n.quant.packed import PackedTensor
 
 __all__ = ["BLOCK", "BLOCK_BYTES", "ITEM_TYPE", "quantize", "pack", "unpack", "dequantize",
            "encode_dat", "Q4_0Tensor"]
@@ -183,21 +183,14 @@ def encode_dat(source) -> bytes:
     return header(shape, len(data), BITS_PER_ITEM, ITEM_TYPE, TRACT_VENDOR) + data
 
 
-aten = torch.ops.aten
-
-# Ops whose result is the same quantized weight (possibly moved or relabelled to another float
-# dtype); every other op sees the dequantized float tensor.
-_KEEP = {aten.detach.default, aten.alias.default, aten.clone.default, aten._to_copy.default}
-
-
-class Q4_0Tensor(torch.Tensor):
+class Q4_0Tensor(PackedTensor):
     """A read-only float tensor stored as Q4_0 blocks, dequantized whenever an op uses it.
 
     ``packed`` is the uint8 tensor ``[n_blocks, 18]`` of raw blocks (the .dat payload);
     ``shape``/``dtype`` are the float weight's. Put it in a module with
     ``nn.Parameter(Q4_0Tensor.from_float(w), requires_grad=False)``.
 
-    A wrapper subclass (``__torch_dispatch__``): every op that reads it gets the dequantized
+    A ``PackedTensor`` (t2n/quant/packed.py): every op that reads it gets the dequantized
     tensor (computed again at each use, never cached), so its results are plain tensors;
     detach/alias/clone and ``.to()`` (device, or another float dtype, which only relabels the
     dequantized dtype) keep it quantized. Ops that would write to it (in-place and ``out=``
@@ -206,11 +199,15 @@ class Q4_0Tensor(torch.Tensor):
     """
 
     packed: torch.Tensor
+    INNER = ("packed",)
 
     @staticmethod
     def __new__(cls, packed: torch.Tensor, shape, dtype: torch.dtype):
-        return torch.Tensor._make_wrapper_subclass(cls, torch.Size(shape), dtype=dtype,
-                                                   device=packed.device, requires_grad=False)
+        return cls._wrap(shape, dtype, packed.device)
+
+    @classmethod
+    def _make(cls, inner: dict, shape, dtype: torch.dtype) -> Q4_0Tensor:
+        return cls(inner["packed"], shape, dtype)
 
     def __init__(self, packed: torch.Tensor, shape, dtype: torch.dtype):
         shape = tuple(shape)
@@ -269,53 +266,12 @@ class Q4_0Tensor(torch.Tensor):
         """``(q uint8 [n_blocks, 32], d float16 [n_blocks])``."""
         return unpack(self.packed.cpu().numpy(), len(self.packed))
 
-    @property
-    def nbytes_packed(self) -> int:
-        return self.packed.numel()
-
     def dequantize(self) -> torch.Tensor:
         """The plain float tensor (shape and dtype of the original weight)."""
         return _decode(self.packed, self.dtype).reshape(self.shape)
 
-    def __repr__(self, *, tensor_contents=None) -> str:
-        return (f"Q4_0Tensor(shape={list(self.shape)}, dtype={self.dtype}, "
-                f"{self.nbytes_packed} bytes packed)")
-
-    def __tensor_flatten__(self):
-        return ["packed"], (tuple(self.shape), self.dtype)
-
-    @staticmethod
-    def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
-        return Q4_0Tensor(inner["packed"], *meta)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.Tensor.__setitem__:
-            _read_only("t[...] = value")
-        if _is_data_setter(func):
-            _read_only("t.data = value")
-        if func is torch.Tensor.numpy:  # a copy: torch refuses .numpy() on tensor subclasses
-            return args[0].dequantize().numpy(**kwargs)
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        for i, arg in enumerate(func._schema.arguments):
-            if arg.alias_info is not None and arg.alias_info.is_write:
-                target = args[i] if i < len(args) else kwargs.get(arg.name)
-                if any(isinstance(t, Q4_0Tensor) for t in _leaves(target)):
-                    _read_only(str(func))
-        if func is aten.embedding.default and isinstance(args[0], Q4_0Tensor) \
-                and args[0].dim() == 2:
-            return _rows_of(args[0], args[1])
-        if func in _KEEP and isinstance(args[0], Q4_0Tensor):
-            kept = _kept(func, args[0], kwargs)
-            if kept is not None:
-                return kept
-        return func(*tree_map(_plain, args), **tree_map(_plain, kwargs))
+    def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return _rows_of(self, indices)
 
 
 def _decode(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -334,35 +290,3 @@ def _rows_of(table: Q4_0Tensor, indices: torch.Tensor) -> torch.Tensor:
     rows, width = table.shape
     blocks = table.packed.view(rows, width // BLOCK, BLOCK_BYTES)[indices]
     return _decode(blocks.reshape(-1, BLOCK_BYTES), table.dtype).reshape(*indices.shape, width)
-
-
-def _plain(value):
-    return value.dequantize() if isinstance(value, Q4_0Tensor) else value
-
-
-def _is_data_setter(func) -> bool:
-    return (getattr(func, "__name__", None) == "__set__"
-            and getattr(getattr(func, "__self__", None), "__name__", None) == "data")
-
-
-def _leaves(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _read_only(what: str):
-    raise RuntimeError(f"Q4_0Tensor is read-only: {what} would write to it; use "
-                       "t.dequantize() for a float copy or Q4_0Tensor.from_float(new) to replace "
-                       "it")
-
-
-def _kept(func, t: Q4_0Tensor, kwargs) -> Q4_0Tensor | None:
-    """``func(t)`` as a Q4_0Tensor, or None when the result cannot stay quantized."""
-    if func is aten.clone.default:
-        return Q4_0Tensor(t.packed.clone(), t.shape, t.dtype)
-    if func is not aten._to_copy.default:
-        return Q4_0Tensor(t.packed, t.shape, t.dtype)
-    dtype = kwargs.get("dtype") or t.dtype
-    if not dtype.is_floating_point or kwargs.get("layout") not in (None, torch.strided):
-        return None
-    packed = t.packed.to(kwargs.get("device") or t.device, copy=True)
-    return Q4_0Tensor(packed, t.shape, dtype)
