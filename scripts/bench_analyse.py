@@ -32,27 +32,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from _bench_common import (DOCS, git_state, load_line, log, machine_line, run_meta,
+from _bench_common import (git_state, load_line, log, machine_line, run_meta,
                            save_results, work_folder, write_docs)
 from _bench_llm_models import find_gguf
+from bench_checkpoint import gpl_windows
 
 START, END = "<!-- bench_analyse:start -->", "<!-- bench_analyse:end -->"
 AFTER = "<!-- bench_checkpoint:end -->"
-TEXT = Path("/usr/share/common-licenses/GPL-3")
-N_TOKENS, WINDOW = 2048, 256
 RATIOS = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0]
-
-
-def _windows(tok):
-    import numpy as np
-    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"][:N_TOKENS]
-    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, N_TOKENS, WINDOW)]
 
 
 def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[float, int]:
@@ -104,7 +96,7 @@ def main() -> int:
     gguf = find_gguf()
     loaded = load_model(str(gguf))
     model, tok = loaded.module, loaded.tokenizer
-    windows = _windows(tok)
+    windows = gpl_windows(tok)
     vocab = len(tok)
     bag = Bag(*args.methods.split(","))
     t0 = time.perf_counter()
@@ -254,7 +246,7 @@ def llamacpp_mixture(work: Path, calib: Path) -> dict:
     out = work / "llamacpp_default.tgz"
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
                check_io=None, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    windows = _windows(loaded.tokenizer)
+    windows = gpl_windows(loaded.tokenizer)
     ppl = _ppl_windows(out, windows, len(loaded.tokenizer))
     log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity {ppl:.3f}")
     return {"ratio": ratio, "ppl": ppl, "types": types, "command": " ".join(cmd),

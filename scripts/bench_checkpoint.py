@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import subprocess
 import sys
@@ -68,6 +67,13 @@ def _run(label, cmd, out, work, stem, env, timeout=3600) -> dict:
             "bytes": path_bytes(out), "verified": _verified(m), "command": cmd}
 
 
+def gpl_windows(tok) -> list:
+    """The evaluation text's first N_TOKENS tokens as windows of WINDOW (no special tokens)."""
+    import numpy as np
+    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"][:N_TOKENS]
+    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, N_TOKENS, WINDOW)]
+
+
 def _ppl_windows(bundle: Path, windows, vocab: int) -> float:
     import numpy as np
     tb = load_tract(bundle)
@@ -83,7 +89,6 @@ def _ppl_windows(bundle: Path, windows, vocab: int) -> float:
 
 # -- 1. SmolLM2: quantize once, export twice ------------------------------------------------------
 def smollm2(args, work: Path, env: dict, t2n: str, calib: Path) -> dict:
-    import numpy as np
     gguf = find_gguf()
     cal = ["--calibration-data", str(calib), "--calibration-samples", str(args.samples),
            "--calibration-seqlen", str(args.seqlen)]
@@ -101,8 +106,7 @@ def smollm2(args, work: Path, env: dict, t2n: str, calib: Path) -> dict:
     }
     import transformers
     tok = transformers.AutoTokenizer.from_pretrained(ckpt)
-    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"][:N_TOKENS]
-    windows = [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, N_TOKENS, WINDOW)]
+    windows = gpl_windows(tok)
     vocab = len(tok)
     ppl = {k: _ppl_windows(work / n, windows, vocab) for k, n in
            (("export_f32", "ckpt_f32.tgz"), ("export_f16", "ckpt_f16.tgz"),

@@ -77,7 +77,7 @@ def deploy_inputs(model: nn.Module, units, sample, lm: bool) -> dict:
     out = {}
     for b, x in seen.items():
         if lm and x.dim() >= 2:
-            x = x[:1, -1:] if x.dim() >= 2 else x
+            x = x[:1, -1:]
         elif x.dim() >= 1:
             x = x[:1]
         out[b] = x.contiguous()
