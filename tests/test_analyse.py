@@ -238,6 +238,66 @@ def test_grad_estimates_rank_the_choices_as_measured_losses_do():
     assert 1 / 3 < sum(grad.values()) / sum(value.values()) < 3
 
 
+def _single_choice_losses(analyser, model, keys):
+    from t2n.analyse.estimate import reference_outputs
+    est_b, _ = analyser.batches()
+    refs = reference_outputs(model, est_b)
+    out = {}
+    for unit, label in keys:
+        choice = {u.name: "float" for u in analyser.units}
+        choice[unit] = label
+        out[(unit, label)] = analyser._real_loss(choice, analyser.choices(), est_b, refs)
+    return out
+
+
+def test_value_estimates_replay_the_float_layers_before_each_choice():
+    """A choice in decoder layer k runs from layer k on (the float outputs of the layers before
+    it are replayed); its estimate is still the loss of the whole model with that choice."""
+    from t2n.analyse.estimate import _Replay
+    model = tiny_llama(layers=3)
+    analyser = Analyser(model, Bag("min_max_q4_0_all"), samples=4, seqlen=16)
+    est = analyser.estimates("value")
+    replay = _Replay(model, analyser.units, analyser.batches()[0])
+    assert replay.start["model.layers.0.self_attn.q_proj"] == 0
+    assert replay.start["model.layers.1.mlp.down_proj"] == 1
+    assert replay.start["model.layers.2.self_attn.o_proj"] == 2
+    assert replay.start["model.embed_tokens+lm_head"] == 0      # the tied table is gathered first
+    measured = _single_choice_losses(analyser, model, est)
+    for key, value in est.items():
+        assert value == pytest.approx(measured[key], rel=1e-5), key
+
+
+class TwiceThrough(nn.Module):
+    """A look-alike: one stack of layers applied twice per forward, so a layer's outputs
+    cannot be replayed batch by batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        for _ in range(2):
+            for layer in self.layers:
+                x = torch.tanh(layer(x))
+        return self.head(x)
+
+
+def test_layers_that_run_twice_per_batch_are_not_replayed():
+    from t2n.analyse.estimate import _Replay
+    model = TwiceThrough().eval()
+    data = [torch.randn(8, 32, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    analyser = Analyser(model, Bag("min_max_q4_0_all"), calibration_data=data,
+                        task="classification")
+    replay = _Replay(model, analyser.units, analyser.batches()[0])
+    assert set(replay.start.values()) == {0}
+    est = analyser.estimates("value")
+    measured = _single_choice_losses(analyser, model, est)
+    for key, value in est.items():
+        assert value == pytest.approx(measured[key], rel=1e-5), key
+
+
 def test_each_storage_format_is_costed_by_its_own_bytes():
     """Q4_0 18 bytes per 32 values, int8 rows 1 byte per value and a float scale per row,
     float 4 (f32) or 2 (f16) bytes per value; biases stay float."""

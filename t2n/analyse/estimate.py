@@ -11,6 +11,12 @@ float (the starting point is the float model: each choice is measured against th
 starts from, and the sum over units is the additive estimate the solver uses; from an all-
 compressed start the estimates would depend on the methods of every other unit).
 
+Each value estimate runs only what the choice changes: the float model's outputs of every block
+of its largest stack of repeated layers (decoder or encoder layers) are kept from the reference
+run, and a choice whose modules are first called after layer k ends replays layers 0..k-1 from
+them (checked once: the replayed model must reproduce the reference outputs, else every estimate
+runs the whole model). For the KL loss the float model's log-probabilities are computed once.
+
 ``grad`` estimates without a forward pass per choice: at the float model the task loss and its
 gradient are zero, so the loss of a weight change dW is about 1/2 dW' F dW, with F the Fisher
 information of the model's output distribution. Its diagonal is estimated from gradients of
@@ -20,16 +26,18 @@ normalised outputs), so the estimate of a choice is 1/2 sum(F * dW^2) over its w
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from t2n.analyse.parallel import all_sum, all_sum_tensor, rank, world_size
 from t2n.errors import OptionError
 
 __all__ = ["TASKS", "task_loss", "output_of", "reference_outputs", "value_estimates",
-           "grad_estimates", "loss_sum", "measure_loss"]
+           "grad_estimates", "loss_sum", "measure_loss", "prepare", "layer_stack"]
 
 log = logging.getLogger("t2n.analyse")
 
@@ -95,12 +103,28 @@ def reference_outputs(model, samples) -> list:
         return [_run(model, s).detach() for s in samples]
 
 
+class _Prepared:
+    """A reference in the form its loss compares with (the log-softmax once, for KL)."""
+
+    def __init__(self, kind, reference: torch.Tensor):
+        self.kind = kind
+        self.value = F.log_softmax(reference.float(), dim=-1) if kind == "kl" else reference
+
+    def loss(self, output: torch.Tensor) -> torch.Tensor:
+        if self.kind == "kl":
+            q = F.log_softmax(output.float(), dim=-1)
+            return (self.value.exp() * (self.value - q)).sum(-1).mean()
+        return task_loss(self.kind, self.value, output)
+
+
 def loss_sum(model, samples, references, kind) -> float:
     """The task loss of ``model`` summed over ``samples`` (this process's batches)."""
     total = 0.0
     with torch.no_grad():
         for sample, ref in zip(samples, references):
-            total += float(task_loss(kind, ref, _run(model, sample)))
+            if not isinstance(ref, _Prepared):
+                ref = _Prepared(kind, ref)
+            total += float(ref.loss(_run(model, sample)))
     return total
 
 
@@ -109,6 +133,105 @@ def measure_loss(model, samples, references, kind) -> float:
     the analysis runs data-parallel)."""
     total, count = all_sum([loss_sum(model, samples, references, kind), len(samples)])
     return total / max(1.0, count)
+
+
+def prepare(references, kind) -> list:
+    """The references in the form ``loss_sum`` compares with, computed once for many models."""
+    return [_Prepared(kind, r) for r in references]
+
+
+def layer_stack(model) -> tuple[str, nn.ModuleList] | None:
+    """The model's largest ``nn.ModuleList`` of two or more modules of one class (its decoder
+    or encoder layers), as (name, list), or None."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2 \
+                and len({type(m) for m in module}) == 1 \
+                and (best is None or len(module) > len(best[1])):
+            best = (name, module)
+    return best
+
+
+class _Replay:
+    """Replays the float outputs of a model's first layers, batch by batch (see the module
+    docstring): ``record`` keeps them during the reference run, ``start_of`` says from which
+    layer a unit's choice must run, and ``from_layer(k)`` replays the layers before k."""
+
+    def __init__(self, model, units, samples):
+        found = layer_stack(model)
+        self.layers = list(found[1]) if found else []
+        self.outputs: list[list] = [[] for _ in self.layers]
+        self.batch = 0
+        self.start: dict = {}
+        if not self.layers:
+            self.references = reference_outputs(model, samples)
+            return
+        unit_of = {id(model.get_submodule(b)): u.name for u in units for b in u.blocks}
+        clock, first_call, ends = [0], {}, {}
+        hooks = []
+
+        def tick():
+            clock[0] += 1
+            return clock[0]
+
+        def called(module, args):
+            first_call.setdefault(unit_of[id(module)], tick())
+
+        def keep(j):
+            def hook(module, args, output):
+                self.outputs[j].append(output)
+                ends.setdefault(j, tick())
+            return hook
+        for u in units:
+            for b in u.blocks:
+                hooks.append(model.get_submodule(b).register_forward_pre_hook(called))
+        for j, layer in enumerate(self.layers):
+            hooks.append(layer.register_forward_hook(keep(j)))
+        try:
+            self.references = reference_outputs(model, samples)
+        finally:
+            for h in hooks:
+                h.remove()
+        for unit in units:
+            at, k = first_call.get(unit.name), 0
+            while at is not None and k < len(self.layers) and ends.get(k, at) < at:
+                k += 1
+            self.start[unit.name] = k
+        if any(len(out) != len(samples) for out in self.outputs):
+            log.info("analyse: the layers of %s run more than once per batch; every estimate "
+                     "runs the whole model", found[0])
+            self.start = {u: 0 for u in self.start}
+            return
+        # the replay must give back what the model computes, else it is not used
+        with self.from_layer(len(self.layers)):
+            again = reference_outputs(model, samples)
+        if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+                   for a, b in zip(again, self.references)):
+            log.info("analyse: replaying the float layers does not reproduce the model's "
+                     "outputs; every estimate runs the whole model")
+            self.start = {u: 0 for u in self.start}
+
+    @contextlib.contextmanager
+    def from_layer(self, k: int):
+        """Layers before ``k`` return their recorded outputs for the current batch."""
+        def replay(j):
+            return lambda *a, **kw: self.outputs[j][self.batch]
+        for j in range(k):
+            self.layers[j].forward = replay(j)
+        try:
+            yield
+        finally:
+            for j in range(k):
+                del self.layers[j].forward
+
+
+def _replayed_loss_sum(model, samples, prepared, replay: _Replay, start: int) -> float:
+    total = 0.0
+    with torch.no_grad(), replay.from_layer(start):
+        for i, (sample, ref) in enumerate(zip(samples, prepared)):
+            replay.batch = i
+            total += float(ref.loss(_run(model, sample)))
+    return total
 
 
 def _swap(model, unit, modules) -> list:
@@ -120,10 +243,11 @@ def _swap(model, unit, modules) -> list:
     return old
 
 
-def value_estimates(model, units, choices: dict, samples, references, kind,
-                    progress=None) -> dict:
+def value_estimates(model, units, choices: dict, samples, kind, progress=None) -> dict:
     """``{(unit name, method label): measured loss}`` for every available choice (the sums of
     all processes added in one exchange at the end)."""
+    replay = _Replay(model, units, samples)
+    prepared = prepare(replay.references, kind)
     keys, sums = [], []
     for label, by_unit in choices.items():
         for unit in units:
@@ -131,7 +255,8 @@ def value_estimates(model, units, choices: dict, samples, references, kind,
                 continue
             old = _swap(model, unit, by_unit[unit.name])
             try:
-                sums.append(loss_sum(model, samples, references, kind))
+                sums.append(_replayed_loss_sum(model, samples, prepared, replay,
+                                               replay.start.get(unit.name, 0)))
                 keys.append((unit.name, label))
             finally:
                 _swap(model, unit, old)

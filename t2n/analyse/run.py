@@ -29,8 +29,8 @@ from t2n.analyse.bag import Bag, run_methods
 from t2n.analyse.blocks import count_macs, find_units, module_bytes, weight_bits
 from t2n.analyse.config import FLOAT, MixedConfig
 from t2n.analyse.parallel import broadcast, is_main, shard, world_size
-from t2n.analyse.estimate import (TASKS, grad_estimates, measure_loss, reference_outputs,
-                                  value_estimates)
+from t2n.analyse.estimate import (TASKS, grad_estimates, measure_loss, prepare,
+                                  reference_outputs, value_estimates)
 from t2n.analyse.solve import Problem, budgets, solve
 from t2n.errors import OptionError
 
@@ -255,8 +255,7 @@ class Analyser:
             t0 = time.perf_counter()
             with self._placed():
                 if estimator == "value":
-                    refs = reference_outputs(self.model, est_b)
-                    out = value_estimates(self.model, self.units, choices, est_b, refs,
+                    out = value_estimates(self.model, self.units, choices, est_b,
                                           self.loss, progress=bar)
                 else:
                     out = grad_estimates(self.model, self.units, choices, est_b, self.loss,
@@ -391,7 +390,7 @@ class Analyser:
         _, val_b = self.batches()
         val_b = val_b[:max(1, num_real_loss_batches)]
         with self._placed():
-            refs = reference_outputs(self.model, val_b)
+            refs = prepare(reference_outputs(self.model, val_b), self.loss)
         results = Results()
         results.units = [{"name": u.name, "blocks": list(u.blocks)} for u in self.units]
         cache = self.choices()
