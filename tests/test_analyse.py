@@ -208,6 +208,37 @@ def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_resu
         assert r.config.summary["latency_ms"] == pytest.approx(r.latency_s * 1e3)
 
 
+def test_a_causal_lm_is_timed_at_export_llms_decode_step(tmp_path, monkeypatch):
+    """End to end, a causal LM is one token after a cache of DECODE_PAST tokens: the bundle
+    timed is that step (tract's logits and new cache are torch's) and the analyser uses it."""
+    import tract
+
+    from t2n.analyse import latency
+    model = tiny_llama()
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    step, inputs = latency.decode_step(model, ids, past=32)
+    assert tuple(inputs[0].shape) == (1, 1) and len(inputs) == 1 + 2 * 2
+    assert all(t.shape[2] == 32 for t in inputs[1:])
+    assert latency.time_bundle(step, inputs, keep=tmp_path / "step") > 0
+    runnable = tract.nnef().with_tract_extra().with_tract_transformers() \
+        .load(str(tmp_path / "step")).into_runnable()
+    got = [v.to_numpy() for v in runnable.run([t.numpy() for t in inputs])]
+    with torch.no_grad():
+        want = [t.numpy() for t in step(*inputs)]
+    assert len(got) == len(want) == 1 + 2 * 2
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="window of 41 tokens"):
+        latency.decode_step(model, ids, past=40)
+    # the analyser times the decode step, not a forward over a whole window
+    calls = []
+    real = latency.decode_step
+    monkeypatch.setattr(latency, "decode_step",
+                        lambda m, i, past=latency.DECODE_PAST: calls.append(past) or real(m, i, past))
+    analyser = Analyser(model, Bag("min_max_q4_0_all"), samples=2, seqlen=16)
+    assert analyser._end_to_end_seconds(model) > 0 and calls == [latency.DECODE_PAST]
+
+
 def test_bad_configuration_files_are_refused_with_the_fix(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

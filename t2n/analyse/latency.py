@@ -8,9 +8,15 @@ their sum, the median of several profiles. Blocks of the same kind, shape and st
 timed once. The rest of the model is one fixed term: the whole float model's time in tract minus
 its blocks' times. A configuration's estimated latency is that term plus its blocks' times; the
 analyser then measures the chosen configurations end to end.
+
+For a causal LM "end to end" is export-llm's decode step: one new token after ``past`` tokens
+held in the key/value cache (the model wrapped as ``t2n.llm.wrapper.KVCacheLLM``, the past
+computed by torch from the analysis text), so the fixed term holds the attention over the cache
+that the blocks' one-token times leave out.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import statistics
@@ -22,11 +28,12 @@ import torch
 from torch import nn
 
 __all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies",
-           "model_seconds"]
+           "model_seconds", "decode_step", "DECODE_PAST"]
 
 log = logging.getLogger("t2n.analyse")
 
 PROFILES = 7
+DECODE_PAST = 128      # tokens in the key/value cache when a causal LM's decode step is timed
 
 
 def profile_seconds(bundle: Path, inputs: list) -> float:
@@ -45,11 +52,12 @@ def profile_seconds(bundle: Path, inputs: list) -> float:
     return statistics.median(times)
 
 
-def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None) -> float:
+def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
+                keep: Path | None = None) -> float:
     """Export ``module`` called on ``args`` to a temporary bundle and time it in tract."""
     from t2n.pipeline import export
     with tempfile.TemporaryDirectory(prefix="t2n-latency-") as tmp:
-        path = Path(tmp) / "block"
+        path = Path(keep) if keep is not None else Path(tmp) / "block"
         export(module, args, path, kwargs=kwargs, check_io=None)
         feeds = [a.detach().numpy() for a in list(args) + list((kwargs or {}).values())]
         return profile_seconds(path, feeds)
@@ -95,7 +103,6 @@ def _signature(module: nn.Module, x: torch.Tensor) -> tuple:
 def block_latencies(units, choices: dict, inputs: dict, progress=None) -> dict:
     """{(unit name, label): seconds} for "float" and every available choice (the sum of the
     unit's blocks), timing each distinct block once."""
-    import copy
     cache: dict = {}
 
     def timed(module, x):
@@ -124,10 +131,24 @@ def block_latencies(units, choices: dict, inputs: dict, progress=None) -> dict:
 
 def model_seconds(model: nn.Module, sample) -> float:
     """The whole model's time in tract at ``sample`` (its example inputs)."""
-    import copy
     args, kwargs = sample
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     work = copy.deepcopy(model).eval()
     if getattr(getattr(work, "config", None), "use_cache", False):
         work.config.use_cache = False    # a forward without a cache object to trace
     return time_bundle(work, tuple(args), kwargs)
+
+
+def decode_step(model: nn.Module, ids: torch.Tensor, past: int = DECODE_PAST) -> tuple:
+    """(the decode-step module, its inputs): a causal LM wrapped as export-llm wraps it, and
+    ``ids[:, past]`` after the key/value cache of ``ids[:, :past]`` (computed by torch)."""
+    from t2n.llm.kv_export import _prefill
+    from t2n.llm.wrapper import KVCacheLLM
+    if ids.shape[-1] <= past:
+        raise ValueError(f"{past} past tokens and one more need a window of {past + 1} tokens, "
+                         f"got {ids.shape[-1]}")
+    work = copy.deepcopy(model).eval()
+    ids = ids[:1]
+    with torch.no_grad():
+        cache = _prefill(work, ids[:, :past])
+    return KVCacheLLM(work), (ids[:, past:past + 1].contiguous(), *cache)

@@ -339,7 +339,7 @@ class Analyser:
 
     def _measure_latencies(self) -> tuple:
         """({(unit, label): seconds}, the rest of the model, the whole float model)."""
-        from t2n.analyse.latency import block_latencies, deploy_inputs, model_seconds
+        from t2n.analyse.latency import block_latencies, deploy_inputs
         t0 = time.perf_counter()
         inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
         choices = self.choices()
@@ -347,7 +347,7 @@ class Analyser:
         bar = _bar(total, "tract latencies", self.progress)
         lat = block_latencies(self.units, choices, inputs, progress=bar)
         _close(bar)
-        whole = model_seconds(self.model, self.deploy_sample())
+        whole = self._end_to_end_seconds(self.model)
         fixed = whole - sum(lat.get((u.name, FLOAT), 0.0) for u in self.units)
         self.timings["latency_s"] = time.perf_counter() - t0
         return lat, fixed, whole
@@ -362,11 +362,27 @@ class Analyser:
     def _measured_latency(self, choice: dict) -> float:
         import copy as _copy
 
-        from t2n.analyse.latency import model_seconds
         units_map = {u.name: list(u.blocks) for u in self.units}
         config = MixedConfig(units_map, choice, {m.label: m for m in self.bag})
         work = config.apply(_copy.deepcopy(self.model), cache=self.choices())
-        return model_seconds(work, self.deploy_sample())
+        return self._end_to_end_seconds(work)
+
+    def _end_to_end_seconds(self, model: nn.Module) -> float:
+        """tract's time for ``model`` deployed: export-llm's decode step (one token after
+        DECODE_PAST cached ones) for a causal LM, else a batch of one."""
+        from t2n.analyse.latency import decode_step, model_seconds, time_bundle
+        if not self.lm:
+            return model_seconds(model, self.deploy_sample())
+        step, inputs = decode_step(model, self._decode_ids())
+        return time_bundle(step, inputs)
+
+    def _decode_ids(self) -> torch.Tensor:
+        from t2n.analyse.latency import DECODE_PAST
+        _, kwargs = self.batches()[0][0]
+        ids = kwargs["input_ids"][:1]
+        if ids.shape[-1] <= DECODE_PAST:   # short windows: repeat them up to the cache length
+            ids = ids.repeat(1, -(-(DECODE_PAST + 1) // ids.shape[-1]))
+        return ids
 
     def _macs(self) -> dict:
         if self._macs_by_unit is None:
