@@ -155,7 +155,7 @@ def test_pool_f16(name, tmp_path):
 
 REFUSED = {
     "indices_used": (Lambda(lambda x: F.max_pool2d(x, 2, return_indices=True)), {}, "indices"),
-    "adaptive_not_dividing": (nn.AdaptiveAvgPool1d(4), {}, "divide"),
+    "adaptive_not_dividing_dynamic": (nn.AdaptiveAvgPool1d(4), {"input": {2: "T"}}, "divid"),
     "ceil_mode_dynamic": (nn.AvgPool1d(2, 3, ceil_mode=True), {"input": {2: "T"}},
                           "ceil_mode"),
     "resize_size_dynamic_batch": (nn.Upsample(size=20), {"input": {0: "B"}}, "dynamic"),

@@ -126,23 +126,30 @@ def _is_symbolic(node) -> bool:
 def missing_ops(program: ExportedProgram) -> dict[str, list]:
     """Ops with no translator: name -> list of locations, one per node (subgraphs included)."""
     missing: dict[str, list] = defaultdict(list)
-    _scan(program.graph_module, program.graph, missing)
+    for node in _untranslated(program.graph_module):
+        missing[op_name(node.target)].append(node_location(node))
     return dict(missing)
 
 
-def _scan(owner, fx_graph, missing) -> None:
-    for node in fx_graph.nodes:
+def _untranslated(owner, found=None):
+    """The call nodes of ``owner`` (a GraphModule, its subgraphs included) that no translator
+    takes; with ``found`` (a Counter) their targets are counted there instead."""
+    nodes = []
+    for node in owner.graph.nodes:
         if node.op == "get_attr":
             sub = getattr(owner, node.target)
             if isinstance(sub, torch.fx.GraphModule):
-                _scan(sub, sub.graph, missing)
+                nodes += _untranslated(sub)
             continue
         if node.op != "call_function" or node.target in _IGNORED or node.target in _WRAPPERS:
             continue
         if node.target is operator.getitem or _is_symbolic(node):
             continue
         if lookup(node.target) is None:
-            missing[op_name(node.target)].append(node_location(node))
+            nodes.append(node)
+    if found is not None:
+        found.update(n.target for n in nodes)
+    return nodes
 
 
 def unsupported_error(missing: dict[str, list]) -> UnsupportedOpsError:
@@ -190,6 +197,8 @@ def translate(program: ExportedProgram, *, input_names: list[str] | None = None,
     outputs. ``dynamic_axes`` maps an input name to {axis: tract symbol}. Parameters held
     as block-quantized tensors (t2n.quant) are written in their own storage format.
     """
+    from t2n.translate.decompose import decompose_missing
+    program = decompose_missing(program)
     missing = missing_ops(program)
     if missing:
         raise unsupported_error(missing)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from t2n.errors import TranslationError
 from t2n.translate.context import Value
-from t2n.translate.families._common import operand, promote, same_dtype
+from t2n.translate.families._common import broadcast_rank, operand, promote, same_dtype
 from t2n.translate.registry import translates
 
 aten = __import__("torch").ops.aten
@@ -276,3 +276,51 @@ def clamp_min(ctx, self, min):
 def clamp_max(ctx, self, max):
     """clamp_max(Tensor self, Scalar max) -> Tensor"""
     return clamp(ctx, self, max=max)
+
+
+@translates(aten.hypot.default)
+def hypot(ctx, self, other):
+    """hypot(Tensor self, Tensor other) -> Tensor"""
+    x, y = same_dtype(ctx, self, other, dtype=ctx.out.dtype)
+    like = ctx.like(ctx.out)
+    return ctx.op("sqrt", ctx.op("add", ctx.op("sqr", x, **ctx.like(x)),
+                                 ctx.op("sqr", y, **ctx.like(y)), **like), **like)
+
+
+@translates(aten.isnan.default)
+def isnan(ctx, self):
+    """isnan(Tensor self) -> Tensor"""
+    return ctx.op("ne", self, self, shape=ctx.out.shape, dtype="bool")
+
+
+def _shift(ctx, self, other, left: bool):
+    dtype = ctx.out.dtype
+    if dtype in ("f16", "f32", "f64", "bool"):
+        raise TranslationError(f"bit shift of a {dtype} tensor", "shift integer tensors")
+    if left and isinstance(other, int):   # a product in the integer type: wraps as torch does
+        return ctx.op("mul", operand(ctx, self, dtype), operand(ctx, 2 ** other, dtype))
+    # other shifts as products with powers of two in f64 (right: floor division, as an
+    # arithmetic shift rounds towards -inf), exact for values below 2**53
+    work = "f64"
+    factor = ctx.op("pow", operand(ctx, 2.0, work), operand(ctx, other, work),
+                    dtype=work, shape=other.shape if isinstance(other, Value) else ())
+    x = operand(ctx, self, work)
+    factor = broadcast_rank(ctx, factor, x.rank)
+    if left:
+        return ctx.cast(ctx.op("mul", x, factor, **ctx.like(ctx.out, dtype=work)), dtype)
+    q = ctx.op("div", x, factor, **ctx.like(ctx.out, dtype=work))
+    return ctx.cast(ctx.op("floor", q, **ctx.like(q)), dtype)
+
+
+@translates(aten.__lshift__.Scalar, aten.__lshift__.Tensor, aten.bitwise_left_shift.Tensor,
+            aten.bitwise_left_shift.Tensor_Scalar)
+def lshift(ctx, self, other):
+    """__lshift__.Scalar(Tensor self, Scalar other) -> Tensor"""
+    return _shift(ctx, self, other, left=True)
+
+
+@translates(aten.__rshift__.Scalar, aten.__rshift__.Tensor, aten.bitwise_right_shift.Tensor,
+            aten.bitwise_right_shift.Tensor_Scalar)
+def rshift(ctx, self, other):
+    """__rshift__.Scalar(Tensor self, Scalar other) -> Tensor"""
+    return _shift(ctx, self, other, left=False)

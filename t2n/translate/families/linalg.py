@@ -193,10 +193,70 @@ def einsum(ctx, equation, tensors, path=None):
     xs = [operand(ctx, t, dtype) for t in tensors]
     expr = equation.replace(" ", "")
     if "..." in expr:
-        raise TranslationError("einsum with '...' is not supported",
-                               "spell the axes out in the equation")
+        expr = _spelled_out(expr, [x.rank for x in xs])
     if "->" not in expr:  # implicit output: letters seen once, in alphabetical order
         letters = expr.replace(",", "")
         expr += "->" + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
     return ctx.op("tract_core_einsum", xs, expr=expr, acc=dtype if dtype != "f16" else "f32",
                   output="")
+
+
+def _spelled_out(expr: str, ranks: list[int]) -> str:
+    """An einsum equation with each '...' replaced by letters of its own: the axes it covers in
+    each operand (rank minus the operand's letters), aligned from the right as torch
+    broadcasts them; the output's '...' (or an implicit output's leading axes) gets them all."""
+    inputs, arrow, output = expr.partition("->")
+    terms = inputs.split(",")
+    if len(terms) != len(ranks):
+        raise TranslationError(f"einsum equation {expr!r} has {len(terms)} operands for "
+                               f"{len(ranks)} tensors", "fix the equation")
+    spans = [rank - len(t.replace("...", "")) if "..." in t else 0
+             for t, rank in zip(terms, ranks)]
+    width = max(spans)
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in expr]
+    if width > len(free):
+        raise TranslationError(f"einsum {expr!r}: '...' covers too many axes", "spell them out")
+    letters = "".join(free[:width])
+    terms = [t.replace("...", letters[width - n:]) for t, n in zip(terms, spans)]
+    if arrow:
+        return ",".join(terms) + "->" + output.replace("...", letters)
+    singles = sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1 and c not in letters)
+    return ",".join(terms) + "->" + letters + "".join(singles)
+
+
+@translates(aten._cdist_forward.default)
+def cdist(ctx, x1, x2, p, compute_mode=None):
+    """_cdist_forward(Tensor x1, Tensor x2, float p, int? compute_mode) -> Tensor"""
+    dtype = ctx.out.dtype
+    a, b = operand(ctx, x1, dtype), operand(ctx, x2, dtype)
+    rank = max(a.rank, b.rank)
+    a, b = _unsqueeze_to(ctx, a, rank), _unsqueeze_to(ctx, b, rank)
+    # every pair's difference [.., P, R, M], then its p-norm along M (exact, not torch's
+    # matrix-product shortcut for p = 2, which rounds differently)
+    ea = ctx.op("unsqueeze", a, axes=[rank - 1], **ctx.like(a, shape=a.shape[:-1] + (1,) +
+                                                           a.shape[-1:]))
+    eb = ctx.op("unsqueeze", b, axes=[rank - 2], **ctx.like(b, shape=b.shape[:-2] + (1,) +
+                                                           b.shape[-2:]))
+    lead = tuple(x if x != 1 else y for x, y in zip(a.shape[:-2], b.shape[:-2]))
+    pairs = lead + (a.shape[-2], b.shape[-2], a.shape[-1])
+    diff = ctx.op("abs", ctx.op("sub", ea, eb, shape=pairs, dtype=dtype), shape=pairs,
+                  dtype=dtype)
+    summed = pairs[:-1] + (1,)
+    keep = {"shape": summed, "dtype": dtype}
+    if p == 0:
+        nonzero = ctx.op("ne", diff, operand(ctx, 0.0, dtype), shape=pairs, dtype="bool")
+        y = ctx.op("sum_reduce", ctx.cast(nonzero, dtype), axes=[rank], **keep)
+    elif p == 1:
+        y = ctx.op("sum_reduce", diff, axes=[rank], **keep)
+    elif p == 2:
+        y = ctx.op("sqrt", ctx.op("sum_reduce", ctx.op("sqr", diff, shape=pairs, dtype=dtype),
+                                  axes=[rank], **keep), **keep)
+    elif p == float("inf"):
+        y = ctx.op("max_reduce", diff, axes=[rank], **keep)
+    elif p > 0:
+        powered = ctx.op("pow", diff, operand(ctx, float(p), dtype), shape=pairs, dtype=dtype)
+        y = ctx.op("pow", ctx.op("sum_reduce", powered, axes=[rank], **keep),
+                   operand(ctx, 1.0 / p, dtype), **keep)
+    else:
+        raise TranslationError(f"cdist with p={p}", "use p >= 0")
+    return ctx.op("squeeze", y, axes=[rank], shape=ctx.out.shape, dtype=dtype)

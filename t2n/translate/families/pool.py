@@ -82,6 +82,20 @@ def max_pool2d(ctx, self, kernel_size, stride=(), padding=0, dilation=1, ceil_mo
     return _max_pool(ctx, 2, self, kernel_size, stride, padding, dilation, ceil_mode, ctx.out)
 
 
+@translates(aten.max_pool3d.default)
+def max_pool3d(ctx, self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """max_pool3d(Tensor self, int[3] kernel_size, int[3] stride=[], int[3] padding=0, int[3] dilation=1, bool ceil_mode=False) -> Tensor"""  # noqa: E501
+    return _max_pool(ctx, 3, self, kernel_size, stride, padding, dilation, ceil_mode, ctx.out)
+
+
+@translates(aten.max_pool3d_with_indices.default)
+def max_pool3d_with_indices(ctx, self, kernel_size, stride=(), padding=0, dilation=1,
+                            ceil_mode=False):
+    """max_pool3d_with_indices(Tensor self, int[3] kernel_size, int[3] stride=[], int[3] padding=0, int[3] dilation=1, bool ceil_mode=False) -> (Tensor, Tensor)"""  # noqa: E501
+    return _values_only(ctx, _max_pool(ctx, 3, self, kernel_size, stride, padding, dilation,
+                                       ceil_mode, ctx.out[0]))
+
+
 @translates(aten.max_pool2d_with_indices.default)
 def max_pool2d_with_indices(ctx, self, kernel_size, stride=(), padding=0, dilation=1,
                             ceil_mode=False):
@@ -128,6 +142,14 @@ def avg_pool2d(ctx, self, kernel_size, stride=(), padding=0, ceil_mode=False,
                      divisor_override)
 
 
+@translates(aten.avg_pool3d.default)
+def avg_pool3d(ctx, self, kernel_size, stride=(), padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None):
+    """avg_pool3d(Tensor self, int[3] kernel_size, int[3] stride=[], int[3] padding=0, bool ceil_mode=False, bool count_include_pad=True, int? divisor_override=None) -> Tensor"""  # noqa: E501
+    return _avg_pool(ctx, 3, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)
+
+
 # -- adaptive pooling -----------------------------------------------------------------------
 def _adaptive(ctx, n, x, output_size, reduce: str, pool: str, out):
     """Adaptive pooling to 1 (a reduction) or to a size dividing the input (a pool)."""
@@ -141,15 +163,44 @@ def _adaptive(ctx, n, x, output_size, reduce: str, pool: str, out):
             kernel.append(1)
         elif is_static(size) and is_static(t) and size % t == 0:
             kernel.append(size // t)
+        elif is_static(size) and is_static(t):
+            return _adaptive_windows(ctx, n, x, sizes, targets, reduce, out)
         else:
             raise TranslationError(
-                f"adaptive pooling from {size} to {t}: only output sizes that divide the input "
-                "size (or 1) are supported", "choose an output size dividing the input size")
+                f"adaptive pooling from {size} to {t} over a dynamic axis: only output sizes "
+                "that divide the input size (or 1) are supported",
+                "make the pooled axes static or choose an output size dividing the input size")
 
     def emit(x, meta):
         attrs, _ = _window(x, n, meta["shape"], kernel, kernel, 0, 1, False)
         return ctx.op(pool, x, border="ignore", **attrs, **meta)
     return batched(ctx, x, n, out, emit)
+
+
+def _adaptive_windows(ctx, n, x, sizes, targets, reduce: str, out):
+    """Adaptive pooling with windows of unequal sizes (torch's: output i of an axis of size S
+    pooled to T covers [floor(i S / T), ceil((i + 1) S / T))): a box is the product of its
+    axes' windows and its mean (or max) the mean (max) over one axis after the other, so each
+    axis is pooled alone, each output position a slice reduced, and the positions
+    concatenated."""
+    for k, (size, t) in enumerate(zip(sizes, targets)):
+        axis = x.rank - n + k
+        if size == t:
+            continue
+        parts = []
+        for i in range(t):
+            lo, hi = (i * size) // t, -(-((i + 1) * size) // t)
+            shape = list(x.shape)
+            shape[axis] = hi - lo
+            part = ctx.op("slice", x, axes=[axis], begin=[lo], end=[hi],
+                          **ctx.like(x, shape=tuple(shape)))
+            shape[axis] = 1
+            parts.append(ctx.op(reduce, part, axes=[axis], **ctx.like(x, shape=tuple(shape))))
+        shape = list(x.shape)
+        shape[axis] = t
+        x = parts[0] if t == 1 else ctx.op("concat", parts, axis=axis,
+                                           **ctx.like(x, shape=tuple(shape)))
+    return x
 
 
 @translates(aten.adaptive_avg_pool1d.default)
@@ -164,6 +215,12 @@ def adaptive_avg_pool2d(ctx, self, output_size):
     return _adaptive(ctx, 2, self, output_size, "mean_reduce", "avg_pool", ctx.out)
 
 
+@translates(aten.adaptive_avg_pool3d.default, aten._adaptive_avg_pool3d.default)
+def adaptive_avg_pool3d(ctx, self, output_size):
+    """adaptive_avg_pool3d(Tensor self, SymInt[3] output_size) -> Tensor"""
+    return _adaptive(ctx, 3, self, output_size, "mean_reduce", "avg_pool", ctx.out)
+
+
 @translates(aten.adaptive_max_pool1d.default)
 def adaptive_max_pool1d(ctx, self, output_size):
     """adaptive_max_pool1d(Tensor self, int[1] output_size) -> (Tensor, Tensor)"""
@@ -175,6 +232,13 @@ def adaptive_max_pool1d(ctx, self, output_size):
 def adaptive_max_pool2d(ctx, self, output_size):
     """adaptive_max_pool2d(Tensor self, int[2] output_size) -> (Tensor, Tensor)"""
     return _values_only(ctx, _adaptive(ctx, 2, self, output_size, "max_reduce", "max_pool",
+                                       ctx.out[0]))
+
+
+@translates(aten.adaptive_max_pool3d.default)
+def adaptive_max_pool3d(ctx, self, output_size):
+    """adaptive_max_pool3d(Tensor self, int[3] output_size) -> (Tensor, Tensor)"""
+    return _values_only(ctx, _adaptive(ctx, 3, self, output_size, "max_reduce", "max_pool",
                                        ctx.out[0]))
 
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from t2n.nnef.graph import FLOAT_DTYPES, Dim
-from t2n.translate.families._common import axis, dim_sub, operand
+from t2n.errors import TranslationError
+from t2n.translate.families._common import axis, dim_sub, is_static, operand
 from t2n.translate.registry import translates
 
 aten = __import__("torch").ops.aten
@@ -407,4 +410,32 @@ def cumsum(ctx, self, dim, dtype=None):
         return ctx.cast(x, out)
     y = ctx.op("tract_core_cumsum", x, axis=axis(dim, x.rank), exclusive=False, reverse=False,
                **ctx.like(x))
+    return ctx.cast(y, out)
+
+
+@translates(aten.cumprod.default)
+def cumprod(ctx, self, dim, dtype=None):
+    """cumprod(Tensor self, int dim, *, ScalarType? dtype=None) -> Tensor"""
+    out = ctx.out.dtype
+    x = ctx.cast(self, "f32" if out == "f16" else out)
+    if x.rank == 0:
+        return ctx.cast(x, out)
+    d = axis(dim, x.rank)
+    n = x.shape[d]
+    if not is_static(n):
+        raise TranslationError("cumprod along a dynamic axis",
+                               "make that axis static (its products are taken as a mask)")
+    # y[.., j, ..] = prod_i where(i <= j, x[.., i, ..], 1): x repeated along a new axis j
+    # before axis i, masked by the lower triangle, and multiplied out along i
+    grid = list(x.shape[:d]) + [n, n] + list(x.shape[d + 1:])
+    xi = ctx.op("unsqueeze", x, axes=[d], **ctx.like(x, shape=tuple(
+        list(x.shape[:d]) + [1] + list(x.shape[d:]))))
+    mask = np.tril(np.ones((n, n), dtype=bool)).reshape([1] * d + [n, n] +
+                                                        [1] * (x.rank - d - 1))
+    one = operand(ctx, 1.0 if x.dtype in FLOAT_DTYPES else 1, x.dtype)
+    masked = ctx.op("select", ctx.const(mask, "tril"), xi, one,
+                    **ctx.like(x, shape=tuple(grid)))
+    y = ctx.op("tract_core_product_reduce", masked, axes=[d + 1],
+               **ctx.like(x, shape=tuple(grid[:d + 1] + [1] + grid[d + 2:])))
+    y = ctx.op("squeeze", y, axes=[d + 1], **ctx.like(x))
     return ctx.cast(y, out)
