@@ -212,6 +212,9 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
     with stages("trace", "torch.export"):
         program = trace_mod.capture(module, args, kwargs, dynamic_axes=options.dynamic_axes,
                                     input_names=names)
+    if trace_mod.has_bfloat16(program):
+        program, ref_tensors, resized = _bfloat16_boundary(program, options, args, kwargs,
+                                                           ref_tensors, resized, names)
 
     with stages("translate", lambda: f"{len(graph.operations)} NNEF ops, "
                 f"{len(graph.variables)} tensors"):
@@ -273,6 +276,31 @@ def export_loaded(module: torch.nn.Module, args, path, options: ExportOptions, *
         raise
     return ExportResult(bundle.path, bundle, result_v, stages.timings, input_ids, output_names,
                         quantization, second if resized is not None and result_v else None)
+
+
+def _bfloat16_boundary(program, options: ExportOptions, args, kwargs, ref_tensors, resized,
+                       names):
+    """tract runs no bfloat16: the model's bfloat16 code (casts, autocast regions, stored
+    tensors) computes in the asked dtype instead, and torch's reference is recomputed on that
+    graph, so the check measures the export alone; one log line says what changed and by how
+    much the outputs moved."""
+    if options.dtype is None:
+        raise OptionError("the model computes or stores values in bfloat16, which tract does "
+                          "not run", "pass --dtype f32 or --dtype f16 (API: dtype='f32'); its "
+                          "bfloat16 code then computes in that type")
+    program, changed = trace_mod.bfloat16_as(program, TORCH_DTYPES[options.dtype])
+    module = program.module()
+    with torch.no_grad():
+        outputs, _ = _flatten_outputs(module(*args, **kwargs))
+    moved = [float((new.double() - old.double()).abs().max()) for new, old in
+             zip(outputs, ref_tensors) if new.is_floating_point() and new.numel()
+             and new.shape == old.shape]
+    log.info("%-10s %s", "bfloat16", f"bfloat16 code computed in {options.dtype} (tract has "
+             "no bfloat16): " + ", ".join(f"{kind} {n}" for kind, n in changed.items())
+             + f"; outputs moved by {max(moved, default=0.0):.3g} at most from the model's")
+    if resized is not None:
+        resized = _resized_reference(module, args, kwargs, names, options.dynamic_axes)
+    return program, outputs, resized
 
 
 class _Resized(NamedTuple):

@@ -11,8 +11,9 @@ from t2n.compat import warn_untested
 from t2n.errors import OptionError, TraceError
 from t2n.moe import static_experts
 from t2n.trace_patches import symbolic_rnn_shapes
+from t2n.translate.complex import real_arithmetic
 
-__all__ = ["capture", "dynamic_shapes_for"]
+__all__ = ["bfloat16_as", "capture", "dynamic_shapes_for", "has_bfloat16"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,83 @@ def capture(module: torch.nn.Module, args: tuple, kwargs: dict | None = None, *,
         # In-place writes (possibly into views, e.g. y[:, 1:3] = v) are made functional
         # (slice_scatter, index_put, ...). An empty table decomposes nothing else.
         program = program.run_decompositions({})
-    return program
+    # tract has no complex numbers: complex values become real (..., 2) pairs
+    return real_arithmetic(program)
+
+
+def has_bfloat16(program: ExportedProgram) -> bool:
+    """Whether the graph computes or stores anything in bfloat16 (subgraphs included)."""
+    state = list(program.state_dict.values()) + list(program.constants.values())
+    if any(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in state):
+        return True
+    for gm in program.graph_module.modules():
+        if isinstance(gm, torch.fx.GraphModule) and any(
+                _bfloat16_in(n.meta.get("val")) or _bfloat16_in((n.args, n.kwargs))
+                for n in gm.graph.nodes):
+            return True
+    return False
+
+
+def bfloat16_as(program: ExportedProgram, dtype: torch.dtype) -> tuple[ExportedProgram, dict]:
+    """tract runs no bfloat16: ``program`` retraced with every bfloat16 in it (casts, dtypes of
+    created tensors, autocast regions, stored tensors) turned into ``dtype``; and what was
+    changed, {kind: count}. A program without bfloat16 comes back as it is."""
+    changed: dict = {}
+
+    def count(kind):
+        changed[kind] = changed.get(kind, 0) + 1
+
+    def swap(value):
+        if value is torch.bfloat16:
+            return dtype
+        if isinstance(value, (list, tuple)):
+            return type(value)(swap(v) for v in value)
+        return value
+
+    autocast = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+    for gm in program.graph_module.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        for node in gm.graph.nodes:
+            if node.op != "call_function":
+                continue
+            if node.target is autocast and node.args[1] is torch.bfloat16 and node.args[2]:
+                # the region computes in the types of its inputs (the asked type) instead
+                node.args = node.args[:2] + (False,) + node.args[3:]
+                count("autocast regions")
+                continue
+            if _bfloat16_in((node.args, node.kwargs)):
+                node.args = swap(node.args)
+                node.kwargs = {k: swap(v) for k, v in node.kwargs.items()}
+                if node.target is not torch.ops.aten._assert_tensor_metadata.default:
+                    count("casts/dtypes")
+        gm.recompile()
+    for table in (program.state_dict, program.constants):
+        for key, tensor in list(table.items()):
+            if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.bfloat16:
+                converted = tensor.detach().to(dtype)
+                table[key] = torch.nn.Parameter(converted, requires_grad=False) \
+                    if isinstance(tensor, torch.nn.Parameter) else converted
+                count("stored tensors")
+    if not changed and not has_bfloat16(program):
+        return program, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = program.run_decompositions({})   # retraced: every value's type follows
+    if has_bfloat16(program):
+        raise TraceError("bfloat16 values are left in the graph after casting the model's "
+                         f"bfloat16 code to {dtype}", "report the model; -v shows the trace")
+    return program, changed
+
+
+def _bfloat16_in(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bfloat16
+    if isinstance(value, (list, tuple)):
+        return any(_bfloat16_in(v) for v in value)
+    if isinstance(value, dict):
+        return any(_bfloat16_in(v) for v in value.values())
+    return value is torch.bfloat16
 
 
 def _mutates(graph) -> bool:
