@@ -10,6 +10,7 @@ from torch.export import Dim, ExportedProgram
 from t2n.compat import warn_untested
 from t2n.errors import OptionError, TraceError
 from t2n.moe import static_experts
+from t2n.ssm import scan_forms
 from t2n.trace_patches import symbolic_rnn_shapes
 from t2n.translate.complex import real_arithmetic
 
@@ -64,7 +65,8 @@ def capture(module: torch.nn.Module, args: tuple, kwargs: dict | None = None, *,
     names = input_names or [f"input_{i}" for i in range(len(args) + len(kwargs))]
     dynamic = dynamic_shapes_for(module, args, kwargs, dynamic_axes or {}, names)
     try:
-        with warnings.catch_warnings(), symbolic_rnn_shapes(), static_experts(module):
+        with warnings.catch_warnings(), symbolic_rnn_shapes(), static_experts(module), \
+                scan_forms(module):
             warnings.simplefilter("ignore")
             program = torch.export.export(module, tuple(args), kwargs, dynamic_shapes=dynamic,
                                           strict=False)

@@ -14,7 +14,7 @@ import _moe_classes
 from t2n import OptionError, VerificationError, WriteError, verify
 from t2n.compat import cache_argument
 from t2n.llm import BUNDLE_NAME, LLMBundle, export_llm
-from t2n.llm.wrapper import past_from_cache
+from t2n.llm.wrapper import new_cache, past_from_cache
 from t2n.verify import load_tract_model
 
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -92,6 +92,34 @@ ARCHS = {
         num_local_experts=4, kv_channels=16, **MOE)),
 }
 
+# state-space decoders: the scan of their mixers is one tract loop (t2n.ssm); their caches are
+# a conv state and a recurrent state per layer. Untied embeddings: a tied tiny Mamba keeps
+# generating one token, which would not test the states.
+SSM_COMMON = dict(hidden_size=64, num_hidden_layers=2, vocab_size=256, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+ARCHS.update({
+    "mamba": lambda: transformers.MambaForCausalLM(transformers.MambaConfig(
+        state_size=8, **SSM_COMMON)),
+    # 8 heads of 16 in 2 groups sharing B and C
+    "mamba2": lambda: transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+        state_size=16, num_heads=8, head_dim=16, n_groups=2, chunk_size=4, **SSM_COMMON)),
+    # hybrid: a Mamba-2 layer, then an attention layer (grouped-query 4/2 heads, RoPE)
+    "bamba_hybrid": lambda: transformers.BambaForCausalLM(transformers.BambaConfig(
+        attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16,
+        mamba_n_groups=2, mamba_chunk_size=4, **COMMON)),
+    # hybrids with Mamba2Mixer's forward: a MoE (4 experts, top-2) and shared expert beside
+    # each mixer or attention (GraniteMoeHybrid); NemotronH's separate mixer and attention
+    "granitemoehybrid": lambda: transformers.GraniteMoeHybridForCausalLM(
+        transformers.GraniteMoeHybridConfig(
+            layer_types=["mamba", "attention"], num_local_experts=4, num_experts_per_tok=2,
+            shared_intermediate_size=64, mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16,
+            mamba_n_groups=2, mamba_chunk_size=4, **COMMON)),
+    "nemotron_h": lambda: transformers.NemotronHForCausalLM(transformers.NemotronHConfig(
+        layers_block_type=["mamba", "attention"], mamba_num_heads=8, mamba_head_dim=16,
+        ssm_state_size=16, n_groups=2, chunk_size=4,
+        **{k: v for k, v in COMMON.items() if k != "num_hidden_layers"})),
+})
+
 # mixture-of-experts families built from their default configuration at TINY's sizes, their
 # experts dispatched by transformers' experts interface (tests/_moe_classes.py)
 GENERIC_MOE = ["afmoe", "aria", "cohere2_moe", "exaone_moe", "flint", "granitemoe_swa", "hy_v3",
@@ -109,9 +137,9 @@ def _model(arch):
     return ARCHS[arch]().eval()
 
 
-# Llama and one mixture of experts run in the default suite; the other architectures with the
-# slow (real-model) tests.
-DEFAULT_SUITE = ("llama", "mixtral_moe")
+# Llama, one mixture of experts, Mamba, Mamba-2 and one hybrid run in the default suite; the
+# other architectures with the slow (real-model) tests.
+DEFAULT_SUITE = ("llama", "mixtral_moe", "mamba", "bamba")
 
 
 @pytest.fixture(scope="module", params=[a if a.startswith(DEFAULT_SUITE) else
@@ -140,12 +168,13 @@ def test_prefill_then_two_decode_steps_match_torch(exported):
     assert all(v.passed for v in result.modes.values()) and set(result.modes) == {
         "prompt", "text_generation"}
     llm = LLMBundle(result.path)
-    cache, torch_cache = llm.empty_cache(), DynamicCache()
+    cache, torch_cache = llm.empty_cache(), new_cache(model)
     for step, ids in (("prefill P=0", PROMPT), ("decode P=5", NEXT[0]), ("decode P=6", NEXT[1])):
         logits, cache = llm.step(ids.numpy(), cache)
         expected = _torch_step(model, ids, torch_cache)
         _assert_close([logits, *cache], expected, llm.output_names, step)
-    assert cache[0].shape[2] == 7
+    keys = [c for c, name in zip(cache, llm.output_names[1:]) if name.startswith("out_cache_key")]
+    assert all(k.shape[2] == 7 for k in keys)
 
 
 def test_greedy_generation_matches_transformers(exported):

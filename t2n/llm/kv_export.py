@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
-from t2n import compress, verify
+from t2n import compress, ssm, verify
 from t2n.calibrate.stage import calibration_stage, write_report
 from t2n.compat import cache_argument, warn_untested
 from t2n.errors import OptionError, WriteError
 from t2n.llm.runtime import LLMBundle
-from t2n.llm.wrapper import (SYMBOL_MIN, KVCacheLLM, dynamic_axes, input_names, output_names,
-                             past_from_cache)
+from t2n.llm.wrapper import (ATTENTION, SYMBOL_MIN, KVCacheLLM, dynamic_axes, empty_past,
+                             input_names, layout_of, new_cache, output_names, past_from_cache)
 from t2n.options import ExportOptions, resolve_tolerance
 from t2n.pipeline import TORCH_DTYPES, ExportResult, export_loaded, float_copy_for
 
@@ -138,9 +137,8 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         config = model.config
         ids = _sample_ids(model, tokenizer, max(EXAMPLE_PAST + EXAMPLE_NEW, PROMPT_LEN + 1))
         with torch.no_grad():
-            past = _prefill(model, ids[:, :EXAMPLE_PAST])
-        n_layers = len(past) // 2
-        wrapper = KVCacheLLM(model, num_logits_to_keep).eval()
+            past, layout = _prefill(model, ids[:, :EXAMPLE_PAST])
+        wrapper = KVCacheLLM(model, num_logits_to_keep, layout).eval()
         del model  # from here on the model is reached only through `held` (see _release)
         args = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
         timings: dict[str, float] = {}
@@ -161,12 +159,12 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
             wrapper.eval()
             with torch.no_grad():
                 quantized = [t.numpy() for t in wrapper(*args)]
-            quantization = verify.compare(quantized, float_out, output_names(n_layers),
+            quantization = verify.compare(quantized, float_out, output_names(layout),
                                           "approximate").outputs
             timings["compress"] = time.perf_counter() - t0
             log.info("%-10s %6.2fs  %s", "compress", timings["compress"], compression)
         # torch's side of the tract checks, computed now: tract runs after the model is dropped
-        checks = _mode_references(wrapper, ids, past) if options.check_io else {}
+        checks = _mode_references(wrapper, ids, past, layout) if options.check_io else {}
         held = [wrapper]
         del wrapper
 
@@ -181,10 +179,11 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
         try:
             export_options = ExportOptions(
                 dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
-                f16_arithmetic=f16_arithmetic, dynamic_axes=dynamic_axes(n_layers),
-                symbol_min=SYMBOL_MIN,
-                input_names=tuple(input_names(n_layers)),
-                output_names=tuple(output_names(n_layers)), check_io=None, tgz_level=tgz_level)
+                f16_arithmetic=f16_arithmetic, dynamic_axes=dynamic_axes(layout),
+                symbol_min={s: v for s, v in SYMBOL_MIN.items()
+                            if s == "S" or ATTENTION in layout},
+                input_names=tuple(input_names(layout)),
+                output_names=tuple(output_names(layout)), check_io=None, tgz_level=tgz_level)
             exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,
                                      tokenizer=tokenizer, release=_release,
                                      properties={"t2n_compression": compression
@@ -240,22 +239,28 @@ def _sample_ids(model, tokenizer, n: int) -> torch.Tensor:
     return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
 
 
-def _prefill(model, ids: torch.Tensor) -> list[torch.Tensor]:
-    """The past keys/values of ``ids``, one full (non-sliding) cache layer per model layer."""
-    cache = DynamicCache()
+def _prefill(model, ids: torch.Tensor) -> tuple[list[torch.Tensor], tuple[str, ...]]:
+    """The cache after ``ids`` (one full, non-sliding, attention layer per attention layer of
+    the model; conv and recurrent states per state-space layer) and each layer's kind."""
+    cache = new_cache(model)
     model(ids, use_cache=True, **{cache_argument(model): cache})
-    past = past_from_cache(cache)
-    if not past or any(t is None or t.dim() != 4 for t in past):
-        raise OptionError(f"{type(model).__name__} does not keep a [batch, heads, seq, dim] "
-                          "key/value cache per layer", "export_llm supports attention-only "
-                          "decoders (Llama, Qwen2, Mistral, Phi3, Gemma, GPT-2, ...)")
-    return past
+    if not cache.layers:
+        raise OptionError(f"{type(model).__name__} filled no cache layer",
+                          "export_llm supports decoders with a transformers cache")
+    layout = layout_of(cache)
+    unknown = [i for i, kind in enumerate(layout) if kind != ATTENTION and not any(
+        ssm.rewritable(m) and getattr(m, "layer_idx", None) == i for m in model.modules())]
+    if unknown:
+        known = ", ".join(sorted(name.rsplit(".", 1)[1] for name in ssm.SSM_MIXERS))
+        raise OptionError(f"{type(model).__name__}: no t2n form for the state-space mixer of "
+                          f"layer(s) {unknown}", f"t2n knows {known}")
+    return past_from_cache(cache), layout
 
 
-def _mode_references(wrapper: KVCacheLLM, ids, past) -> dict[str, tuple[list, list]]:
+def _mode_references(wrapper: KVCacheLLM, ids, past, layout) -> dict[str, tuple[list, list]]:
     """Inputs and torch outputs of the three tract checks: the export example (P = 5, S = 3),
     a prompt with an empty cache (P = 0) and the next single token (S = 1) after it."""
-    empty = [t[:, :, :0] for t in past]
+    empty = empty_past(past, layout)
     example = (ids[:, EXAMPLE_PAST:EXAMPLE_PAST + EXAMPLE_NEW], *past)
     prompt = (ids[:, :PROMPT_LEN], *empty)
     with torch.no_grad():

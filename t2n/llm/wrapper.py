@@ -3,40 +3,73 @@
 ``KVCacheLLM(model)(input_ids, k_0, v_0, k_1, v_1, ...)`` returns ``(logits, k'_0, v'_0, ...)``:
 each past key/value ``[batch, kv_heads, P, head_dim]`` comes back with the S new positions
 appended, ``[batch, kv_heads, P + S, head_dim]``. Names follow torch-to-nnef's LLM bundles.
+
+State-space layers (Mamba, Mamba-2, the SSM layers of hybrids) carry two states instead of a
+key and a value: the conv state ``[batch, channels, conv_kernel]`` (the last inputs of the
+causal convolution) and the recurrent state (``[batch, channels, N]`` for Mamba,
+``[batch, heads, head_dim, N]`` for Mamba-2), both of fixed size, replaced at each call;
+their names are ``in_cache_conv_i`` / ``in_cache_ssm_i``. A layout lists each layer's kind.
 """
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from t2n import ssm
 from t2n.compat import cache_argument
 from t2n.errors import OptionError
 
-__all__ = ["KVCacheLLM", "input_names", "output_names", "dynamic_axes", "past_from_cache"]
+__all__ = ["KVCacheLLM", "input_names", "output_names", "dynamic_axes", "past_from_cache",
+           "layout_of", "empty_past", "ATTENTION", "SSM"]
+
+ATTENTION, SSM = "attention", "ssm"
+# the two cache tensors of each layer kind, by name
+_PARTS = {ATTENTION: ("key", "value"), SSM: ("conv", "ssm")}
 
 
-def input_names(n_layers: int) -> list[str]:
-    """``input_ids``, then ``in_cache_key_i``, ``in_cache_value_i`` layer by layer."""
-    return ["input_ids"] + [f"in_cache_{kv}_{i}" for i in range(n_layers)
-                            for kv in ("key", "value")]
+def _layout(layers) -> tuple[str, ...]:
+    """A layer count (attention only) or a sequence of layer kinds."""
+    if isinstance(layers, int):
+        return (ATTENTION,) * layers
+    return tuple(layers)
 
 
-def output_names(n_layers: int) -> list[str]:
-    """``outputs`` (the logits), then ``out_cache_key_i``, ``out_cache_value_i``."""
-    return ["outputs"] + [f"out_cache_{kv}_{i}" for i in range(n_layers)
-                          for kv in ("key", "value")]
+def input_names(layers: int | Sequence[str]) -> list[str]:
+    """``input_ids``, then each layer's two cache inputs: ``in_cache_key_i``,
+    ``in_cache_value_i`` (attention) or ``in_cache_conv_i``, ``in_cache_ssm_i`` (state space);
+    ``layers`` is the number of layers (attention only) or the kind of each layer."""
+    return ["input_ids"] + [f"in_cache_{part}_{i}" for i, kind in enumerate(_layout(layers))
+                            for part in _PARTS[kind]]
+
+
+def output_names(layers: int | Sequence[str]) -> list[str]:
+    """``outputs`` (the logits), then each layer's two updated caches, named as the inputs."""
+    return ["outputs"] + [name.replace("in_", "out_", 1) for name in input_names(layers)[1:]]
 
 
 # smallest sizes, told to tract: a call brings at least one token, the past may be empty
 SYMBOL_MIN = {"P": 0, "S": 1}
 
 
-def dynamic_axes(n_layers: int) -> dict:
-    """S: new tokens (axis 1 of input_ids); P: past tokens (axis 2 of every cache input)."""
-    return {"input_ids": {1: "S"}, **{name: {2: "P"} for name in input_names(n_layers)[1:]}}
+def dynamic_axes(layers: int | Sequence[str]) -> dict:
+    """S: new tokens (axis 1 of input_ids); P: past tokens (axis 2 of every key/value input;
+    state-space states have a fixed size)."""
+    names = input_names(layers)[1:]
+    return {"input_ids": {1: "S"}, **{name: {2: "P"} for name in names
+                                      if name.startswith(("in_cache_key_", "in_cache_value_"))}}
+
+
+def empty_past(past: Sequence[torch.Tensor], layers) -> list[torch.Tensor]:
+    """The cache of an empty past shaped as ``past``: zero-length keys/values, zero states
+    (a state-space layer's states after no token are zeros)."""
+    kinds = [kind for kind in _layout(layers) for _ in range(2)]
+    return [t[:, :, :0] if kind == ATTENTION else torch.zeros_like(t)
+            for t, kind in zip(past, kinds)]
 
 
 class _PastLayer(DynamicLayer):
@@ -54,20 +87,72 @@ class _PastLayer(DynamicLayer):
         return self.keys.shape[-2]
 
 
+def _is_state_layer(layer) -> bool:
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+    return isinstance(layer, LinearAttentionCacheLayerMixin)
+
+
 def past_from_cache(cache) -> list[torch.Tensor]:
-    """A transformers cache as the flat list k_0, v_0, k_1, v_1, ..."""
-    return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    """A transformers cache as the flat list k_0, v_0, k_1, v_1, ... (conv state and recurrent
+    state for state-space layers)."""
+    out = []
+    for layer in cache.layers:
+        if _is_state_layer(layer):
+            out += [layer.conv_states[0], layer.recurrent_states[0]]
+        else:
+            out += [layer.keys, layer.values]
+    return out
+
+
+def layout_of(cache) -> tuple[str, ...]:
+    """Each layer's kind in a filled cache: attention (keys and values [b, heads, seq, dim]) or
+    state space (a conv state and a recurrent state); OptionError for any other cache."""
+    kinds = []
+    for i, layer in enumerate(cache.layers):
+        if _is_state_layer(layer):
+            if layer.number_of_states != 1 or not all(
+                    isinstance(t, torch.Tensor) for t in (layer.conv_states[0],
+                                                          layer.recurrent_states[0])):
+                break
+            kinds.append(SSM)
+        elif all(isinstance(t, torch.Tensor) and t.dim() == 4
+                 for t in (getattr(layer, "keys", None), getattr(layer, "values", None))):
+            kinds.append(ATTENTION)
+        else:
+            break
+    else:
+        return tuple(kinds)
+    raise OptionError(f"cache layer {i} ({type(cache.layers[i]).__name__}) holds neither a "
+                      "[batch, heads, seq, dim] key/value pair nor one conv and one recurrent "
+                      "state", "export_llm supports attention decoders (Llama, Qwen2, Mistral, "
+                      "...), Mamba, Mamba-2 and hybrids of them")
+
+
+def new_cache(model) -> DynamicCache:
+    """An empty cache for ``model``: full (non-sliding) attention layers, and transformers'
+    linear-attention layers where the model's config has state-space layers."""
+    config = model.config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None) or ()
+    if not any(t in ("linear_attention", "hybrid", "mamba", "conv") for t in types):
+        return DynamicCache()
+    cache = DynamicCache(config=model.config)
+    cache.layers = [layer if _is_state_layer(layer) else DynamicLayer() for layer in cache.layers]
+    return cache
 
 
 class KVCacheLLM(torch.nn.Module):
     """forward(input_ids, *past) -> (logits, *updated past), for one causal LM.
 
-    Every layer gets a full (non-sliding) cache: sliding-window attention is applied by the
-    model's mask, so the returned caches always hold all P + S positions. ``num_logits_to_keep``
-    logits rows are returned (the last ones); 0 keeps one row per input token.
+    Every attention layer gets a full (non-sliding) cache: sliding-window attention is applied
+    by the model's mask, so the returned caches always hold all P + S positions. A state-space
+    layer (``layout``) gets its conv and recurrent states, and its mixer computes with
+    t2n.ssm's forms (the scan as one op, the states read and written functionally).
+    ``num_logits_to_keep`` logits rows are returned (the last ones); 0 keeps one row per
+    input token.
     """
 
-    def __init__(self, model: torch.nn.Module, num_logits_to_keep: int = 1):
+    def __init__(self, model: torch.nn.Module, num_logits_to_keep: int = 1,
+                 layout: Sequence[str] | None = None):
         super().__init__()
         if not isinstance(num_logits_to_keep, int) or num_logits_to_keep < 0:
             raise OptionError(f"num_logits_to_keep={num_logits_to_keep!r}",
@@ -77,15 +162,24 @@ class KVCacheLLM(torch.nn.Module):
         self.model = model
         self.num_logits_to_keep = num_logits_to_keep
         self._keep_kwarg = "logits_to_keep" in params
+        self.layout = None if layout is None else tuple(layout)
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
         if len(past) % 2:
             raise OptionError(f"{len(past)} past tensors", "give a key and a value per layer")
+        layout = self.layout or _layout(len(past) // 2)
+        if len(layout) * 2 != len(past):
+            raise OptionError(f"{len(past)} past tensors for {len(layout)} layers",
+                              "give two cache tensors per layer")
         cache = DynamicCache()
-        cache.layers = [_PastLayer(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        cache.layers = [_PastLayer(past[2 * i], past[2 * i + 1]) if kind == ATTENTION
+                        else ssm.state_layer(past[2 * i], past[2 * i + 1])
+                        for i, kind in enumerate(layout)]
         kwargs = {"logits_to_keep": self.num_logits_to_keep} if self._keep_kwarg else {}
         kwargs[self._cache_kwarg] = cache
-        out = self.model(input_ids, use_cache=True, **kwargs)
+        forms = ssm.scan_forms(self.model) if SSM in layout else nullcontext()
+        with forms:
+            out = self.model(input_ids, use_cache=True, **kwargs)
         logits = out.logits
         if self.num_logits_to_keep and not self._keep_kwarg:
             logits = logits[:, -self.num_logits_to_keep:]

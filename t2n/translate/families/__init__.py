@@ -13,4 +13,5 @@ from t2n.translate.families import (  # noqa: F401
     reduce,
     rnn,
     shape,
+    ssm,
 )
