@@ -52,6 +52,8 @@ DECOMPOSED = {
     "renorm": (lambda x: torch.renorm(x, 2, 0, 1.0), (X2,), aten.renorm.default),
     "lerp": (lambda x: torch.lerp(x, x.flip(0), 0.3), (X2,), aten.lerp.Scalar),
     "addcmul": (lambda x: torch.addcmul(x, x, x, value=0.5), (X2,), aten.addcmul.default),
+    "tril_indices": (lambda x: x[torch.tril_indices(4, 4)[0], :], (X2,),
+                     aten.tril_indices.default),
     "grid_sample": (lambda x, g: F.grid_sample(x, g, align_corners=False),
                     (X4, torch.rand(1, 4, 4, 2, generator=_g()) * 2 - 1),
                     aten.grid_sampler_2d.default),
@@ -166,6 +168,20 @@ def test_long_tail_ops_with_a_dynamic_axis(name, fn, shape, axis, tmp_path):
     assert_bundle_matches(Lambda(fn).eval(), (x,), tmp_path,
                           dynamic_axes={"input_0": {axis: "N"}},
                           other_args=[(torch.randn(*bigger, generator=_g(1)),)])
+
+
+def _chunk_mask(x):
+    """A chunked-attention mask (Llama 4): positions in the same chunk of 3, from integer
+    floor division and remainder of a range as long as the token axis."""
+    i = torch.arange(x.shape[1])
+    same = (i // 3)[None, :] == (i // 3)[:, None]
+    return x * same.float().sum(0) + (i % 3).float()
+
+
+def test_integer_division_results_feed_shape_ops(tmp_path):
+    assert_bundle_matches(Lambda(_chunk_mask).eval(), (torch.randn(2, 7, generator=_g()),),
+                          tmp_path, dynamic_axes={"input_0": {1: "S"}},
+                          other_args=[(torch.randn(2, 11, generator=_g(1)),)])
 
 
 def test_uneven_windows_over_a_dynamic_axis_are_refused(tmp_path):

@@ -71,8 +71,10 @@ def div_mode(ctx, self, other, rounding_mode=None):
         return _binary(ctx, "div", self, other)
     # integers are divided in f64 (exact below 2**53) and converted back
     work = dtype if dtype in ("f16", "f32", "f64") else "f64"
-    q = ctx.op("div", *same_dtype(ctx, self, other, dtype=work), dtype=work)
-    q = ctx.op("floor", q, dtype=work) if rounding_mode == "floor" else _trunc(ctx, q, work)
+    shape = ctx.out.shape
+    q = ctx.op("div", *same_dtype(ctx, self, other, dtype=work), dtype=work, shape=shape)
+    q = ctx.op("floor", q, dtype=work, shape=shape) if rounding_mode == "floor" \
+        else _trunc(ctx, q, work)
     return ctx.cast(q, dtype)
 
 
@@ -105,9 +107,10 @@ def _mod(ctx, self, other, floor: bool):
     dtype = ctx.out.dtype
     work = dtype if dtype in ("f16", "f32", "f64") else "f64"
     a, b = same_dtype(ctx, self, other, dtype=work)
-    q = ctx.op("div", a, b, dtype=work)
-    q = ctx.op("floor", q, dtype=work) if floor else _trunc(ctx, q, work)
-    r = ctx.op("sub", a, ctx.op("mul", q, b, dtype=work), dtype=work)
+    shape = ctx.out.shape
+    q = ctx.op("div", a, b, dtype=work, shape=shape)
+    q = ctx.op("floor", q, dtype=work, shape=shape) if floor else _trunc(ctx, q, work)
+    r = ctx.op("sub", a, ctx.op("mul", q, b, dtype=work, shape=shape), dtype=work, shape=shape)
     return ctx.cast(r, dtype)
 
 
