@@ -476,10 +476,47 @@ def info(ctx, bundle):
 
 @main.command()
 @click.option("--markdown", is_flag=True, help="Print docs/ops.md.")
-def ops(markdown):
+@click.option("--coverage", is_flag=True,
+              help="Measure which ops of torch's Core ATen opset (and the others torch.export "
+                   "keeps) translate, directly or through decomposition: every OpInfo sample "
+                   "of torch's test database exported and run in tract (minutes).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="With --coverage: also write the measurement as JSON.")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, path_type=Path),
+              help="With --coverage: show a saved measurement instead of measuring.")
+@click.pass_context
+def ops(ctx, markdown, coverage, json_path, from_json):
     """List the ATen ops t2n translates, by family."""
     from t2n.bundles import ops_table
-    click.echo(ops_table(markdown=markdown))
+    if not coverage:
+        if json_path or from_json:
+            _fail(OptionError("--json and --from-json go with --coverage", "add --coverage"), 0)
+        click.echo(ops_table(markdown=markdown))
+        return
+    from t2n import coverage as cov_mod
+    if from_json:
+        measured = _run(ctx, cov_mod.load, from_json)
+    else:
+        measured = _run(ctx, _measure_coverage)
+        if json_path:
+            cov_mod.save(measured, json_path)
+    if markdown:
+        click.echo(ops_table(markdown=True) + "\n" + cov_mod.render(measured))
+    else:
+        click.echo(cov_mod.summary(measured))
+
+
+def _measure_coverage():
+    from tqdm import tqdm
+
+    from t2n import coverage as cov_mod
+    try:
+        from torch.testing._internal.common_methods_invocations import op_db
+    except ImportError as e:
+        raise OptionError(f"torch's test database needs {e.name}",
+                          f"pip install {e.name} (a test dependency of torch)") from e
+    with tqdm(total=len(op_db), desc="OpInfos", unit="", leave=False) as bar:
+        return cov_mod.measure(progress=bar)
 
 
 @main.command()

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Op coverage before and after, measured in one run (docs/benchmarks.md, "Op coverage").
+
+    .venv/bin/python scripts/bench_coverage.py [--base REV] [--write-docs]
+
+`t2n ops --coverage`'s measurement (t2n/coverage.py: every OpInfo sample of torch's test
+database exported by t2n and run in tract against torch) on this checkout and on a base commit
+(a git worktree of REV, measured by this checkout's t2n/coverage.py; a base without the
+decomposition fallback counts no op as decomposed), the two in parallel processes of one thread.
+Prints the counts side by side and the ops that changed class. With --write-docs: the section
+in docs/benchmarks.md, and this checkout's measurement as docs/op_coverage.json and docs/ops.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _bench_common import git_state, load_line, log, machine_line, run_meta, write_docs
+
+REPO = Path(__file__).resolve().parent.parent
+START, END = "<!-- bench_coverage:start -->", "<!-- bench_coverage:end -->"
+AFTER = "<!-- bench_analyse:end -->"
+BASE = "d7768bb"       # the last commit before the decomposition fallback and the new ops
+
+DRIVER = r"""
+import importlib.util, sys, types, warnings
+warnings.filterwarnings("ignore")
+tree, module_path, out = sys.argv[1:4]
+sys.path.insert(0, tree)
+import t2n.translate
+try:
+    import t2n.translate.decompose
+except ImportError:            # a tree from before the decomposition fallback
+    shim = types.ModuleType("t2n.translate.decompose")
+    shim.decomposition_of = lambda op: None
+    sys.modules["t2n.translate.decompose"] = shim
+spec = importlib.util.spec_from_file_location("t2n_coverage_measure", module_path)
+cov = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cov)
+result = cov.measure()
+cov.save(result, out)
+"""
+
+
+def start(tree: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(tree),
+                             str(REPO / "t2n" / "coverage.py"), str(out)], cwd=tree, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", default=BASE)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    t_start, load0 = time.perf_counter(), os.getloadavg()
+    sys.path.insert(0, str(REPO))
+    from t2n import coverage
+    from t2n.bundles import ops_table
+    work = Path(tempfile.mkdtemp(prefix="bench-coverage-"))
+    base_tree = work / "base"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree),
+                    args.base], check=True, capture_output=True)
+    try:
+        log(f"measuring this checkout and {args.base} in parallel")
+        procs = {"after": start(REPO, work / "after.json"),
+                 "before": start(base_tree, work / "before.json")}
+        for name, proc in procs.items():
+            _, err = proc.communicate()
+            if proc.returncode:
+                raise SystemExit(f"the {name} measurement failed:\n{err[-2000:]}")
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                        str(base_tree)], capture_output=True)
+    before = coverage.load(work / "before.json")
+    after = coverage.load(work / "after.json")
+    res = {"base": args.base, "before": _counts(before), "after": _counts(after),
+           "changed": _changed(before, after), "samples": (before.samples, after.samples),
+           "opinfos": (before.opinfos, after.opinfos),
+           "meta": run_meta("scripts/bench_coverage.py", t_start, load0)}
+    res["meta"]["git"] = git_state()
+    text = render(res)
+    print(text)
+    if args.write_docs:
+        write_docs(text, START, END, after=AFTER)
+        coverage.save(after, REPO / "docs" / "op_coverage.json")
+        (REPO / "docs" / "ops.md").write_text(ops_table(markdown=True) + "\n"
+                                              + coverage.render(after) + "\n")
+        (REPO / "docs" / "bench_coverage.json").write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+def _counts(cov) -> dict:
+    return {"core": cov.counts(True), "other": cov.counts(False)}
+
+
+def _changed(before, after) -> list:
+    rows = []
+    for name in sorted(set(before.ops) | set(after.ops)):
+        b = before.ops.get(name)
+        a = after.ops.get(name)
+        was = b.status if b else "not traced"
+        now = a.status if a else "not traced"
+        if was != now:
+            rows.append({"op": name, "core": bool((a or b).core), "before": was, "after": now,
+                         "reason": a.reason if a else ""})
+    return rows
+
+
+def render(r: dict) -> str:
+    meta = r["meta"]
+    lines = ["## Op coverage: `t2n ops --coverage` before and after", ""]
+    add = lines.append
+    add(f"Measured {meta['date']} by `{meta['bench_cmd']}` ({meta['total_s'] / 60:.0f} min), "
+        f"commit {meta['git']}, against base commit `{r['base']}`.")
+    add(machine_line(meta["machine"]))
+    add(load_line(meta))
+    add("")
+    add(f"Every OpInfo sample of torch's test database (first {2} usable samples each; "
+        f"before: {r['samples'][0]} samples of {r['opinfos'][0]} OpInfos, after: "
+        f"{r['samples'][1]} of {r['opinfos'][1]}) exported by t2n and run in tract against "
+        f"torch. The full measured lists are in docs/ops.md.")
+    add("")
+    add("| ops | | direct | through decomposition | neither | not reached |")
+    add("|---|---|---:|---:|---:|---:|")
+    for key, label in (("core", "Core ATen opset"), ("other", "other ops torch.export keeps")):
+        for when in ("before", "after"):
+            c = r[when][key]
+            add(f"| {label} | {when} | {c['direct']} | {c['decomposition']} | {c['neither']} "
+                f"| {c['not measured']} |")
+    add("")
+    gained = [x for x in r["changed"] if x["after"] in ("direct", "decomposition")]
+    lost = [x for x in r["changed"] if x["before"] in ("direct", "decomposition")
+            and x["after"] not in ("direct", "decomposition")]
+    add(f"Ops that now translate ({len(gained)}): " + ", ".join(
+        f"`{x['op']}` ({x['after']})" for x in gained) + ".")
+    add("")
+    add(f"Ops that translated before and no longer do ({len(lost)}): " + (", ".join(
+        f"`{x['op']}` ({x['reason']})" for x in lost) or "none") + ".")
+    add("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
