@@ -150,5 +150,5 @@ def decode_step(model: nn.Module, ids: torch.Tensor, past: int = DECODE_PAST) ->
     work = copy.deepcopy(model).eval()
     ids = ids[:1]
     with torch.no_grad():
-        cache = _prefill(work, ids[:, :past])
-    return KVCacheLLM(work), (ids[:, past:past + 1].contiguous(), *cache)
+        cache, layout = _prefill(work, ids[:, :past])
+    return KVCacheLLM(work, layout=layout), (ids[:, past:past + 1].contiguous(), *cache)
