@@ -90,12 +90,14 @@ def _linear_attention_layer():
     return LinearAttentionLayer
 
 
-def state_layer(conv_state: torch.Tensor, recurrent_state: torch.Tensor):
+def state_layer(conv_state: torch.Tensor, recurrent_state: torch.Tensor, layer=None):
     """A transformers linear-attention cache layer holding the given states, as after a
-    previous call (``has_previous_state``); the forms below replace them by assignment."""
-    base = _linear_attention_layer()
-    layer = base()
-    layer.dtype, layer.device = conv_state.dtype, conv_state.device
+    previous call (``has_previous_state``); the forms below replace them by assignment.
+    ``layer``: a new linear-attention layer to fill (a hybrid one holding keys and values);
+    None for a new LinearAttentionLayer."""
+    if layer is None:
+        layer = _linear_attention_layer()()
+        layer.dtype, layer.device = conv_state.dtype, conv_state.device
     layer.conv_states[0], layer.recurrent_states[0] = conv_state, recurrent_state
     layer.conv_kernel_size[0] = conv_state.shape[-1]
     layer.is_conv_states_initialized[0] = layer.is_recurrent_states_initialized[0] = True
@@ -145,6 +147,17 @@ def _mamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwarg
     """MambaMixer: in_proj -> (x, z); causal conv + activation on x; dt, B, C from x_proj;
     the scan with ``A = -exp(A_log)`` per (channel, state); ``y + D x``, gated by silu(z);
     out_proj."""
+    return _mamba(self, hidden_states, cache, attention_mask, normed=False)
+
+
+def _normed_mamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+    """FalconMambaMixer, JambaMambaMixer: MambaMixer's with RMS norms (``dt_layernorm``,
+    ``b_layernorm``, ``c_layernorm``, weightless for FalconMamba) on the time step before
+    dt_proj, on B and on C."""
+    return _mamba(self, hidden_states, cache, attention_mask, normed=True)
+
+
+def _mamba(self, hidden_states, cache, attention_mask, normed):
     dtype = hidden_states.dtype
     batch, length = hidden_states.shape[:2]
     conv_state, ssm_state = _states(cache, self.layer_idx)
@@ -154,6 +167,9 @@ def _mamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwarg
     x = _masked(self.act(x).transpose(1, 2), attention_mask)               # [b, L, I]
     time_step, B, C = torch.split(
         self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
+    if normed:
+        time_step = self.dt_layernorm(time_step)
+        B, C = self.b_layernorm(B), self.c_layernorm(C)
     dt = F.softplus(self.dt_proj(time_step).float())                        # [b, L, I]
     A = -torch.exp(self.A_log.float())                                      # [I, N]
     if ssm_state is None:
@@ -199,9 +215,31 @@ def _mamba2_forward(self, hidden_states, cache=None, attention_mask=None, **kwar
     """Mamba2Mixer: in_proj -> (gate, xBC, dt); causal conv + activation on xBC; the SSD scan
     with one ``A`` per head; gated RMS norm; out_proj."""
     dtype = hidden_states.dtype
-    length = hidden_states.shape[1]
-    conv_state, ssm_state = _states(cache, self.layer_idx)
     projected = self.in_proj(_masked(hidden_states, attention_mask))
+    y, gate = _mamba2_mix(self, projected, cache, attention_mask)
+    y = self.norm(y.to(dtype), gate)
+    return self.out_proj(y.to(dtype))
+
+
+def _falcon_h1_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+    """FalconH1Mixer: Mamba2Mixer's with the input scaled by ``ssm_in_multiplier`` and the
+    projection by ``mup_vector`` (one multiplier per part: gate, x, B, C, dt), and the gated
+    RMS norm optional (``mamba_rms_norm``; a plain silu gate without it)."""
+    dtype = hidden_states.dtype
+    projected = self.in_proj(_masked(hidden_states, attention_mask) * self.ssm_in_multiplier)
+    y, gate = _mamba2_mix(self, projected * self.mup_vector, cache, attention_mask)
+    if self.mamba_rms_norm:
+        y = self.norm(y.to(dtype), gate)
+    else:
+        y = y.to(dtype) * F.silu(gate)
+    return self.out_proj(y.to(dtype))
+
+
+def _mamba2_mix(self, projected, cache, attention_mask):
+    """From in_proj's output [b, L, gate + xBC + dt]: (the scan's output with the D skip
+    [b, L, I], the gate [b, L, I]); the conv and recurrent states go to the cache."""
+    length = projected.shape[1]
+    conv_state, ssm_state = _states(cache, self.layer_idx)
     gate, xBC, dt = projected.split([self.intermediate_size, self.conv_dim, self.num_heads],
                                     dim=-1)
     xBC, conv_state = causal_conv(self.conv1d, xBC.transpose(1, 2), conv_state)
@@ -210,8 +248,7 @@ def _mamba2_forward(self, hidden_states, cache=None, attention_mask=None, **kwar
     x, B, C = torch.split(xBC, [self.intermediate_size, groups_state, groups_state], dim=-1)
     y, ssm_state = _mamba2_scan(self, x, B, C, dt, ssm_state)
     _store(cache, self.layer_idx, conv_state, ssm_state, length)
-    y = self.norm(y.to(dtype), gate)
-    return self.out_proj(y.to(dtype))
+    return y, gate
 
 
 # -- the verified classes ------------------------------------------------------------------
@@ -223,10 +260,14 @@ class _Form:
 
 _MAMBA = _Form(_mamba_forward, ("in_proj", "conv1d", "act", "x_proj", "dt_proj", "A_log", "D",
                                 "out_proj", "time_step_rank", "ssm_state_size", "layer_idx"))
+_NORMED_MAMBA = _Form(_normed_mamba_forward,
+                      _MAMBA.attributes + ("dt_layernorm", "b_layernorm", "c_layernorm"))
 _MAMBA2 = _Form(_mamba2_forward, ("in_proj", "conv1d", "act", "norm", "dt_bias", "A_log", "D",
                                   "out_proj", "num_heads", "head_dim", "n_groups",
                                   "ssm_state_size", "intermediate_size", "conv_dim",
                                   "time_step_limit", "layer_idx"))
+_FALCON_H1 = _Form(_falcon_h1_forward, tuple(a for a in _MAMBA2.attributes if a != "norm")
+                   + ("norm", "mamba_rms_norm", "ssm_in_multiplier", "mup_vector"))
 
 _MODELS = "transformers.models"
 # exact classes whose forward was read and whose form is compared with it in tests/test_ssm.py
@@ -234,11 +275,14 @@ SSM_MIXERS: dict[str, _Form] = {
     f"{_MODELS}.{family}.modeling_{family}.{name}": form for family, name, form in (
         ("mamba", "MambaMixer", _MAMBA),
         ("mamba2", "Mamba2Mixer", _MAMBA2),
+        ("falcon_mamba", "FalconMambaMixer", _NORMED_MAMBA),
+        ("jamba", "JambaMambaMixer", _NORMED_MAMBA),
         # hybrids whose mixer's forward is Mamba2Mixer's, line for line
         ("bamba", "BambaMixer", _MAMBA2),
         ("granitemoehybrid", "GraniteMoeHybridMambaLayer", _MAMBA2),
         ("nemotron_h", "NemotronHMamba2Mixer", _MAMBA2),
         ("zamba2", "Zamba2MambaMixer", _MAMBA2),
+        ("falcon_h1", "FalconH1Mixer", _FALCON_H1),
     )}
 
 

@@ -97,6 +97,13 @@ ARCHS = {
 # generating one token, which would not test the states.
 SSM_COMMON = dict(hidden_size=64, num_hidden_layers=2, vocab_size=256, pad_token_id=0,
                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+SSM_UNTIED = dict(tie_word_embeddings=False)
+FALCON_H1 = dict(mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2,
+                 mamba_d_state=16, mamba_chunk_size=4, mamba_rms_norm=True,
+                 ssm_multipliers=[0.5, 1.5, 0.75, 1.25, 2.0], ssm_in_multiplier=0.8,
+                 ssm_out_multiplier=1.2, attention_in_multiplier=0.9, key_multiplier=1.1,
+                 attention_out_multiplier=0.7, embedding_multiplier=2.0, lm_head_multiplier=0.5,
+                 mlp_multipliers=[1.0, 0.5])
 ARCHS.update({
     "mamba": lambda: transformers.MambaForCausalLM(transformers.MambaConfig(
         state_size=8, **SSM_COMMON)),
@@ -114,6 +121,25 @@ ARCHS.update({
             layer_types=["mamba", "attention"], num_local_experts=4, num_experts_per_tok=2,
             shared_intermediate_size=64, mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16,
             mamba_n_groups=2, mamba_chunk_size=4, **COMMON)),
+    # Mamba-1 mixers with RMS norms on dt, B and C: FalconMamba (weightless norms); Jamba, a
+    # Mamba layer with a MoE (4 experts, top-2), then an attention layer with a dense MLP
+    "falcon_mamba": lambda: transformers.FalconMambaForCausalLM(transformers.FalconMambaConfig(
+        state_size=8, **SSM_COMMON)),
+    "jamba_hybrid": lambda: transformers.JambaForCausalLM(transformers.JambaConfig(
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0,
+        num_experts=4, num_experts_per_tok=2, mamba_d_state=8, tie_word_embeddings=False,
+        **COMMON)),
+    # parallel hybrid: a Mamba-2 mixer beside the attention in every layer (one cache layer
+    # holding keys, values and both states), muP multipliers, the optional gated norm on
+    "falcon_h1": lambda: transformers.FalconH1ForCausalLM(transformers.FalconH1Config(
+        **FALCON_H1, **COMMON)),
+    # a Mamba-2 layer, then a hybrid layer: the shared attention block (on the hidden states
+    # concatenated with the embeddings, LoRA adapters, RoPE; its adapters need as many kv
+    # heads as query heads) before a Mamba-2 mixer
+    "zamba2_hybrid": lambda: transformers.Zamba2ForCausalLM(transformers.Zamba2Config(
+        layers_block_type=["linear_attention", "hybrid"], n_mamba_heads=8, mamba_d_state=16,
+        mamba_ngroups=2, chunk_size=4, use_shared_attention_adapter=True, adapter_rank=8,
+        use_mem_rope=True, **{**COMMON, "num_key_value_heads": 4}, **SSM_UNTIED)),
     "nemotron_h": lambda: transformers.NemotronHForCausalLM(transformers.NemotronHConfig(
         layers_block_type=["mamba", "attention"], mamba_num_heads=8, mamba_head_dim=16,
         ssm_state_size=16, n_groups=2, chunk_size=4,
@@ -137,9 +163,10 @@ def _model(arch):
     return ARCHS[arch]().eval()
 
 
-# Llama, one mixture of experts, Mamba, Mamba-2 and one hybrid run in the default suite; the
-# other architectures with the slow (real-model) tests.
-DEFAULT_SUITE = ("llama", "mixtral_moe", "mamba", "bamba")
+# Llama, one mixture of experts, the Mamba and Mamba-2 families and their hybrids (each a few
+# seconds) run in the default suite; the other architectures with the slow (real-model) tests.
+DEFAULT_SUITE = ("llama", "mixtral_moe", "mamba", "bamba", "falcon_mamba", "jamba", "falcon_h1",
+                 "zamba2")
 
 
 @pytest.fixture(scope="module", params=[a if a.startswith(DEFAULT_SUITE) else

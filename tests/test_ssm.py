@@ -4,13 +4,17 @@ The forms are compared with transformers' own slow path (no CUDA kernels here) i
 exported whole-sequence with a dynamic token axis and run in tract. Tolerances: t2n's
 ``approximate`` check, and max |got - expected| <= REL * max |expected| on every output.
 export_llm's prefill/decode/generation tests of the same models are in tests/test_llm_export.py
-(ARCHS "mamba", "mamba2", "bamba_hybrid").
+(ARCHS "mamba", "mamba2", "bamba_hybrid", "falcon_mamba", "jamba_hybrid", "falcon_h1",
+"zamba2_hybrid", ...).
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from _moe_classes import Logits
 from helpers import assert_bundle_matches, run_bundle
@@ -18,11 +22,12 @@ from t2n import ssm, verify
 from t2n.llm import LLMBundle, export_llm
 from t2n.llm.wrapper import new_cache, past_from_cache
 from t2n.verify import load_tract_model
-from test_llm_export import ARCHS
+from test_llm_export import ARCHS, COMMON, FALCON_H1
 
 REL = 1e-5
 IDS, OTHER_IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]]), torch.tensor([[9, 60, 11]])
-SSM_ARCHS = ["mamba", "mamba2", "bamba_hybrid",
+SSM_ARCHS = ["mamba", "mamba2", "bamba_hybrid", "falcon_mamba", "jamba_hybrid", "falcon_h1",
+             "zamba2_hybrid",
              *(pytest.param(a, marks=pytest.mark.slow) for a in ("granitemoehybrid", "nemotron_h"))]
 
 
@@ -66,7 +71,20 @@ def test_forms_equal_transformers(arch):
                 _assert_relative(g, e, f"states after step {t}")
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_falcon_h1_without_its_gated_norm():
+    """FalconH1's optional norm off (mamba_rms_norm=False, its default): a silu gate alone."""
+    torch.manual_seed(0)
+    model = transformers.FalconH1ForCausalLM(transformers.FalconH1Config(
+        **{**FALCON_H1, "mamba_rms_norm": False}, **COMMON)).eval()
+    assert all(not m.mamba_rms_norm for m in model.modules() if ssm.rewritable(m))
+    with torch.no_grad():
+        expected = model(IDS, use_cache=False).logits
+        with ssm.scan_forms(model):
+            got = model(IDS, use_cache=False).logits
+    _assert_relative(got, expected)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "falcon_mamba", "falcon_h1"])
 def test_several_tokens_after_a_state_continue_the_recurrence(arch):
     """3 tokens in one call after a 5-token prompt equal transformers fed them one by one
     (transformers' own multi-token step restarts its scan from a zero state)."""
@@ -91,6 +109,19 @@ def test_look_alikes_and_training_mode_are_left_alone():
     assert ssm.rewritable(mixer) and not ssm.rewritable(look_alike.eval())
     with ssm.scan_forms(model.train()):
         assert "forward" not in mixer.__dict__
+
+
+@pytest.mark.parametrize("arch", ["falcon_mamba", "jamba_hybrid", "falcon_h1", "zamba2_hybrid"])
+def test_look_alike_subclasses_are_left_alone(arch):
+    """A subclass of the mixer with the same name and attributes keeps its own forward."""
+    model = _model(arch)
+    mixer = next(m for m in model.modules() if ssm.rewritable(m))
+    look_alike = copy.copy(mixer)
+    look_alike.__class__ = type(type(mixer).__name__, (type(mixer),), {})
+    assert not ssm.rewritable(look_alike)
+    holder = torch.nn.ModuleList([mixer, look_alike])
+    with ssm.scan_forms(holder):
+        assert "forward" in mixer.__dict__ and "forward" not in look_alike.__dict__
 
 
 # -- the scan op in tract ------------------------------------------------------------------
@@ -143,10 +174,7 @@ def test_a_wrong_state_is_caught(tmp_path):
 
 
 # -- whole decoders, t2n.export with a dynamic token axis ------------------------------------
-# GraniteMoeHybrid is left out: tract 0.23.9's ChangeAxes pass fails on its attention's
-# grouped-query reshape ([4, S] -> [2, 2 * S]) in a whole-sequence graph (the attention
-# translator's, not the mixer's; its export_llm bundle loads and runs)
-@pytest.mark.parametrize("arch", [a for a in SSM_ARCHS if "granitemoehybrid" not in str(a)])
+@pytest.mark.parametrize("arch", SSM_ARCHS)
 def test_whole_sequence_export(arch, tmp_path):
     model = Logits(_model(arch))
     result = assert_bundle_matches(model, (IDS,), tmp_path, dynamic_axes={"input_ids": {1: "S"}},
@@ -181,3 +209,29 @@ def test_llm_state_contract(tmp_path):
     _assert_relative(logits, expected.numpy(), "logits")
     for g, e in zip(cache, _states(ref_cache)):
         _assert_relative(g, e, "states")
+
+
+# -- GraniteMoeHybrid's attention mask (t2n/translate/families/attention.py) ------------------
+class CausalGroupedQueryAttention(torch.nn.Module):
+    """4 query heads over 2 repeated key/value heads, under a causal mask that compares two
+    token-index vectors (transformers' sdpa mask for GraniteMoeHybrid without RoPE)."""
+
+    def forward(self, q, k, v):
+        length = q.shape[2]
+        position = torch.arange(length)
+        mask = position[None, None, None, :] <= position[None, None, :, None]
+        k, v = (t[:, :, None].expand(1, 2, 2, length, 16).reshape(1, 4, length, 16)
+                for t in (k, v))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def test_grouped_query_attention_under_a_compared_index_mask(tmp_path):
+    """With the mask as select(mask, 0, -inf), tract 0.23.9's optimiser failed on the scores'
+    grouped-query reshape ([4, S] -> [2, 2 * S]) of this whole-sequence graph; the mask is
+    now log(mask). 5 tokens exported, 3 and 1 run, against torch (t2n's approximate check)."""
+    def inputs(length):
+        g = torch.Generator().manual_seed(length)
+        return tuple(torch.randn(1, heads, length, 16, generator=g) for heads in (4, 2, 2))
+    assert_bundle_matches(CausalGroupedQueryAttention(), inputs(5), tmp_path,
+                          dynamic_axes={name: {2: "S"} for name in ("q", "k", "v")},
+                          other_args=[inputs(3), inputs(1)])

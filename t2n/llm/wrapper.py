@@ -8,7 +8,9 @@ State-space layers (Mamba, Mamba-2, the SSM layers of hybrids) carry two states 
 key and a value: the conv state ``[batch, channels, conv_kernel]`` (the last inputs of the
 causal convolution) and the recurrent state (``[batch, channels, N]`` for Mamba,
 ``[batch, heads, head_dim, N]`` for Mamba-2), both of fixed size, replaced at each call;
-their names are ``in_cache_conv_i`` / ``in_cache_ssm_i``. A layout lists each layer's kind.
+their names are ``in_cache_conv_i`` / ``in_cache_ssm_i``. A hybrid layer (a mixer and an
+attention in one transformers layer: FalconH1, Zamba2's shared-attention layers) carries its
+key and value, then its two states. A layout lists each layer's kind.
 """
 from __future__ import annotations
 
@@ -18,18 +20,20 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, LinearAttentionAndFullAttentionLayer
 
 from t2n import ssm
 from t2n.compat import cache_argument
 from t2n.errors import OptionError
 
 __all__ = ["KVCacheLLM", "input_names", "output_names", "dynamic_axes", "past_from_cache",
-           "layout_of", "empty_past", "ATTENTION", "SSM"]
+           "layout_of", "empty_past", "ATTENTION", "SSM", "HYBRID"]
 
-ATTENTION, SSM = "attention", "ssm"
-# the two cache tensors of each layer kind, by name
-_PARTS = {ATTENTION: ("key", "value"), SSM: ("conv", "ssm")}
+ATTENTION, SSM, HYBRID = "attention", "ssm", "hybrid"
+# the cache tensors of each layer kind, by name
+_PARTS = {ATTENTION: ("key", "value"), SSM: ("conv", "ssm"),
+          HYBRID: ("key", "value", "conv", "ssm")}
+_GROWING = ("key", "value")   # the parts with a past-length axis (2); the others have a fixed size
 
 
 def _layout(layers) -> tuple[str, ...]:
@@ -40,15 +44,15 @@ def _layout(layers) -> tuple[str, ...]:
 
 
 def input_names(layers: int | Sequence[str]) -> list[str]:
-    """``input_ids``, then each layer's two cache inputs: ``in_cache_key_i``,
-    ``in_cache_value_i`` (attention) or ``in_cache_conv_i``, ``in_cache_ssm_i`` (state space);
+    """``input_ids``, then each layer's cache inputs: ``in_cache_key_i``, ``in_cache_value_i``
+    (attention), ``in_cache_conv_i``, ``in_cache_ssm_i`` (state space), or all four (hybrid);
     ``layers`` is the number of layers (attention only) or the kind of each layer."""
     return ["input_ids"] + [f"in_cache_{part}_{i}" for i, kind in enumerate(_layout(layers))
                             for part in _PARTS[kind]]
 
 
 def output_names(layers: int | Sequence[str]) -> list[str]:
-    """``outputs`` (the logits), then each layer's two updated caches, named as the inputs."""
+    """``outputs`` (the logits), then each layer's updated caches, named as the inputs."""
     return ["outputs"] + [name.replace("in_", "out_", 1) for name in input_names(layers)[1:]]
 
 
@@ -67,9 +71,9 @@ def dynamic_axes(layers: int | Sequence[str]) -> dict:
 def empty_past(past: Sequence[torch.Tensor], layers) -> list[torch.Tensor]:
     """The cache of an empty past shaped as ``past``: zero-length keys/values, zero states
     (a state-space layer's states after no token are zeros)."""
-    kinds = [kind for kind in _layout(layers) for _ in range(2)]
-    return [t[:, :, :0] if kind == ATTENTION else torch.zeros_like(t)
-            for t, kind in zip(past, kinds)]
+    parts = [part for kind in _layout(layers) for part in _PARTS[kind]]
+    return [t[:, :, :0] if part in _GROWING else torch.zeros_like(t)
+            for t, part in zip(past, parts)]
 
 
 class _PastLayer(DynamicLayer):
@@ -87,17 +91,38 @@ class _PastLayer(DynamicLayer):
         return self.keys.shape[-2]
 
 
+class _PastHybridLayer(LinearAttentionAndFullAttentionLayer):
+    """A hybrid cache layer holding given past keys/values (read as _PastLayer reads them) and
+    the mixer's states (set by t2n.ssm.state_layer)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2]
+
+
 def _is_state_layer(layer) -> bool:
     from transformers.cache_utils import LinearAttentionCacheLayerMixin
     return isinstance(layer, LinearAttentionCacheLayerMixin)
 
 
+def _has_keys(layer) -> bool:
+    return all(isinstance(t, torch.Tensor) and t.dim() == 4
+               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)))
+
+
 def past_from_cache(cache) -> list[torch.Tensor]:
     """A transformers cache as the flat list k_0, v_0, k_1, v_1, ... (conv state and recurrent
-    state for state-space layers)."""
+    state for state-space layers, after the key and value for hybrid layers)."""
     out = []
     for layer in cache.layers:
         if _is_state_layer(layer):
+            if _has_keys(layer):
+                out += [layer.keys, layer.values]
             out += [layer.conv_states[0], layer.recurrent_states[0]]
         else:
             out += [layer.keys, layer.values]
@@ -105,8 +130,9 @@ def past_from_cache(cache) -> list[torch.Tensor]:
 
 
 def layout_of(cache) -> tuple[str, ...]:
-    """Each layer's kind in a filled cache: attention (keys and values [b, heads, seq, dim]) or
-    state space (a conv state and a recurrent state); OptionError for any other cache."""
+    """Each layer's kind in a filled cache: attention (keys and values [b, heads, seq, dim]),
+    state space (a conv state and a recurrent state) or hybrid (both); OptionError for any
+    other cache."""
     kinds = []
     for i, layer in enumerate(cache.layers):
         if _is_state_layer(layer):
@@ -114,9 +140,8 @@ def layout_of(cache) -> tuple[str, ...]:
                     isinstance(t, torch.Tensor) for t in (layer.conv_states[0],
                                                           layer.recurrent_states[0])):
                 break
-            kinds.append(SSM)
-        elif all(isinstance(t, torch.Tensor) and t.dim() == 4
-                 for t in (getattr(layer, "keys", None), getattr(layer, "values", None))):
+            kinds.append(HYBRID if _has_keys(layer) else SSM)
+        elif _has_keys(layer):
             kinds.append(ATTENTION)
         else:
             break
@@ -130,7 +155,8 @@ def layout_of(cache) -> tuple[str, ...]:
 
 def new_cache(model) -> DynamicCache:
     """An empty cache for ``model``: full (non-sliding) attention layers, and transformers'
-    linear-attention layers where the model's config has state-space layers."""
+    linear-attention layers (with a full attention part for hybrid layers) where the model's
+    config has state-space layers."""
     config = model.config.get_text_config(decoder=True)
     types = getattr(config, "layer_types", None) or ()
     if not any(t in ("linear_attention", "hybrid", "mamba", "conv") for t in types):
@@ -145,8 +171,9 @@ class KVCacheLLM(torch.nn.Module):
 
     Every attention layer gets a full (non-sliding) cache: sliding-window attention is applied
     by the model's mask, so the returned caches always hold all P + S positions. A state-space
-    layer (``layout``) gets its conv and recurrent states, and its mixer computes with
-    t2n.ssm's forms (the scan as one op, the states read and written functionally).
+    layer (``layout``) gets its conv and recurrent states (a hybrid layer both), and its mixer
+    computes with t2n.ssm's forms (the scan as one op, the states read and written
+    functionally).
     ``num_logits_to_keep`` logits rows are returned (the last ones); 0 keeps one row per
     input token.
     """
@@ -165,22 +192,42 @@ class KVCacheLLM(torch.nn.Module):
         self.layout = None if layout is None else tuple(layout)
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
-        if len(past) % 2:
+        if self.layout is None and len(past) % 2:
             raise OptionError(f"{len(past)} past tensors", "give a key and a value per layer")
         layout = self.layout or _layout(len(past) // 2)
-        if len(layout) * 2 != len(past):
+        counts = [len(_PARTS[kind]) for kind in layout]
+        if sum(counts) != len(past):
             raise OptionError(f"{len(past)} past tensors for {len(layout)} layers",
-                              "give two cache tensors per layer")
+                              f"give {sum(counts)} cache tensors ({', '.join(layout)})")
         cache = DynamicCache()
-        cache.layers = [_PastLayer(past[2 * i], past[2 * i + 1]) if kind == ATTENTION
-                        else ssm.state_layer(past[2 * i], past[2 * i + 1])
-                        for i, kind in enumerate(layout)]
+        cache.layers, start = [], 0
+        for kind, count in zip(layout, counts):
+            cache.layers.append(_cache_layer(kind, past[start:start + count]))
+            start += count
+        # a state-only layer counts no tokens; a model reading its positions from such a
+        # layer (Zamba2: layer 0) gets the past length of the layers that hold keys
+        past_length = next((layer.keys.shape[-2] for layer in cache.layers
+                            if _has_keys(layer)), None)
+        if past_length is not None:
+            for layer, kind in zip(cache.layers, layout):
+                if kind == SSM:
+                    layer.cumulative_length_linear = past_length
         kwargs = {"logits_to_keep": self.num_logits_to_keep} if self._keep_kwarg else {}
         kwargs[self._cache_kwarg] = cache
-        forms = ssm.scan_forms(self.model) if SSM in layout else nullcontext()
+        forms = ssm.scan_forms(self.model) if set(layout) != {ATTENTION} else nullcontext()
         with forms:
             out = self.model(input_ids, use_cache=True, **kwargs)
         logits = out.logits
         if self.num_logits_to_keep and not self._keep_kwarg:
             logits = logits[:, -self.num_logits_to_keep:]
         return (logits, *past_from_cache(cache))
+
+
+def _cache_layer(kind: str, tensors: Sequence[torch.Tensor]):
+    """The cache layer of one layer's past tensors (_PARTS[kind])."""
+    if kind == ATTENTION:
+        return _PastLayer(*tensors)
+    if kind == SSM:
+        return ssm.state_layer(*tensors)
+    keys, values, conv_state, recurrent_state = tensors
+    return ssm.state_layer(conv_state, recurrent_state, _PastHybridLayer(keys, values))

@@ -33,10 +33,13 @@ def _causal_mask(ctx, rows, cols, dtype):
 
 
 def _additive(ctx, allowed, dtype):
-    """A boolean keep-mask as 0 / -inf of ``dtype``."""
-    zero = operand(ctx, 0.0, dtype)
-    minus_inf = ctx.scalar(-math.inf, dtype)
-    return ctx.op("select", allowed, zero, minus_inf, shape=allowed.shape, dtype=dtype,
+    """A boolean keep-mask as 0 / -inf of ``dtype``: log(1) = 0, log(0) = -inf. (tract
+    0.23.9's optimiser rewrites ``select(mask, 0, -inf)`` wrongly when the mask compares two
+    token-index vectors over a symbolic length, as transformers' causal masks do, and the
+    scores are regrouped for grouped-query attention: the whole-sequence graph fails to load
+    with "Incompatible reshape for shape [4, Broadcast([S, 2]), S]", or with a mask substituted
+    by a [1, 1, 2, 1] table.)"""
+    return ctx.op("log", ctx.cast(allowed, dtype), shape=allowed.shape, dtype=dtype,
                   name="attn_mask")
 
 
