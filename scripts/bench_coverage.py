@@ -6,7 +6,8 @@
 `t2n ops --coverage`'s measurement (t2n/coverage.py: every OpInfo sample of torch's test
 database exported by t2n and run in tract against torch) on this checkout and on a base commit
 (a git worktree of REV, measured by this checkout's t2n/coverage.py; a base without the
-decomposition fallback counts no op as decomposed), the two in parallel processes of one thread.
+decomposition fallback counts no op as decomposed), the two side by side in worker processes
+of one thread.
 Prints the counts side by side and the ops that changed class. With --write-docs: the section
 in docs/benchmarks.md, and this checkout's measurement as docs/op_coverage.json and docs/ops.md.
 """
@@ -28,33 +29,6 @@ START, END = "<!-- bench_coverage:start -->", "<!-- bench_coverage:end -->"
 AFTER = "<!-- bench_analyse:end -->"
 BASE = "d7768bb"       # the last commit before the decomposition fallback and the new ops
 
-DRIVER = r"""
-import importlib.util, sys, types, warnings
-warnings.filterwarnings("ignore")
-tree, module_path, out = sys.argv[1:4]
-sys.path.insert(0, tree)
-import t2n.translate
-try:
-    import t2n.translate.decompose
-except ImportError:            # a tree from before the decomposition fallback
-    shim = types.ModuleType("t2n.translate.decompose")
-    shim.decomposition_of = lambda op: None
-    sys.modules["t2n.translate.decompose"] = shim
-spec = importlib.util.spec_from_file_location("t2n_coverage_measure", module_path)
-cov = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cov)
-result = cov.measure()
-cov.save(result, out)
-"""
-
-
-def start(tree: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(tree),
-                             str(REPO / "t2n" / "coverage.py"), str(out)], cwd=tree, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default=BASE)
@@ -70,17 +44,17 @@ def main() -> int:
                     args.base], check=True, capture_output=True)
     try:
         log(f"measuring this checkout and {args.base} in parallel")
-        procs = {"after": start(REPO, work / "after.json"),
-                 "before": start(base_tree, work / "before.json")}
-        for name, proc in procs.items():
-            _, err = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(f"the {name} measurement failed:\n{err[-2000:]}")
+        from concurrent.futures import ThreadPoolExecutor
+        os.environ["OMP_NUM_THREADS"] = "1"      # the workers: one thread each
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            after_job = pool.submit(coverage.measure, tree=REPO)
+            before_job = pool.submit(coverage.measure, tree=base_tree)
+            after, before = after_job.result(), before_job.result()
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
                         str(base_tree)], capture_output=True)
-    before = coverage.load(work / "before.json")
-    after = coverage.load(work / "after.json")
+    coverage.save(before, work / "before.json")
+    coverage.save(after, work / "after.json")
     res = {"base": args.base, "before": _counts(before), "after": _counts(after),
            "changed": _changed(before, after), "samples": (before.samples, after.samples),
            "opinfos": (before.opinfos, after.opinfos),

@@ -34,6 +34,9 @@ log = logging.getLogger("t2n.coverage")
 SAMPLES_PER_OP = 2
 MAX_ELEMENTS = 1 << 16
 RANK = {"direct": 0, "decomposition": 1, "neither": 2}
+# OpInfos whose result is uninitialized memory (torch.empty and kin)
+UNINITIALIZED = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
+                 "empty_permuted"}
 
 
 @dataclass
@@ -149,8 +152,12 @@ def _reason(error: Exception) -> str:
 def _sample_outcome(module, inputs, folder: Path):
     """(ops of the captured graph, None when it exported and passed in tract, else the error)."""
     import t2n
-    from t2n.trace import capture
-    program = capture(module, inputs)
+    from t2n.trace import _mutates
+    # the ops as torch.export gives them (in-place writes made functional, as t2n does), before
+    # any rewrite of t2n's: a failure of those is then blamed on the ops, not lost
+    program = torch.export.export(module, inputs, strict=False)
+    if _mutates(program.graph):
+        program = program.run_decompositions({})
     ops = _graph_ops(program)
     try:
         t2n.export(module, inputs, folder / "b", check_io="approximate", overwrite=True)
@@ -176,62 +183,151 @@ def _blame(ops: set, error: Exception) -> dict:
     return {n: reason for n in (named or names)}
 
 
-def measure(progress=None, only=None) -> Coverage:
-    """Run every OpInfo sample through t2n and tract (see the module docstring). ``only``: a
-    set of OpInfo names to restrict the run to (tests)."""
-    from torch.testing._internal.common_methods_invocations import op_db
-
-    from t2n.translate.decompose import decomposition_of
+def _opinfo_records(info, folder: Path) -> tuple[list, str | None]:
+    """([{"ops": [(name, direct?)], "passed": bool, "blamed": {op: reason}}] per sample of one
+    OpInfo, the reason it could not be traced or None)."""
     from t2n.translate.registry import lookup, op_name
+    dtype = _dtype(info)
+    if dtype is None:
+        return [], None
+    if info.name in UNINITIALIZED:
+        return [], "its output is uninitialized memory: nothing to compare"
+    try:
+        samples = [s for s in info.sample_inputs("cpu", dtype) if _usable(s)]
+    except Exception as e:        # noqa: BLE001 - torch's own sample generator failed
+        return [], _reason(e)
+    records, untraced = [], None
+    for sample in samples[:SAMPLES_PER_OP]:
+        module = _Call(info.op, sample).eval()
+        try:
+            with torch.no_grad():
+                first, second = module(*module.inputs), module(*module.inputs)
+            if not first:
+                continue               # no tensor output
+            if not all(a.shape == b.shape and torch.equal(a, b) or
+                       (a.is_floating_point() and torch.allclose(a, b, equal_nan=True))
+                       for a, b in zip(first, second)):
+                untraced = untraced or "its output is not a function of its inputs"
+                continue               # torch.empty_like, random ops: nothing to compare
+            ops, error = _sample_outcome(module, module.inputs, folder)
+        except Exception as e:         # noqa: BLE001 - torch.export itself refused the call
+            untraced = untraced or _reason(e)
+            continue
+        records.append({"ops": [(op_name(op), lookup(op) is not None) for op in ops],
+                        "passed": error is None,
+                        "blamed": _blame(ops, error) if error is not None else {}})
+    return records, untraced
+
+
+WORKER = r"""
+import importlib.util, json, sys, types, warnings
+warnings.filterwarnings("ignore")
+tree, module_file, out, start = sys.argv[1:5]
+if tree:
+    sys.path.insert(0, tree)
+import t2n.translate
+try:
+    import t2n.translate.decompose
+except ImportError:            # a tree from before the decomposition fallback
+    shim = types.ModuleType("t2n.translate.decompose")
+    shim.decomposition_of = lambda op: None
+    sys.modules["t2n.translate.decompose"] = shim
+spec = importlib.util.spec_from_file_location("t2n_coverage_worker", module_file)
+cov = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = cov
+spec.loader.exec_module(cov)
+cov.worker(out, int(start), None if len(sys.argv) < 6 else set(json.loads(sys.argv[5])))
+"""
+
+
+def worker(out: str, start: int, only=None) -> None:
+    """Measure the OpInfos from index ``start`` on, one JSON line each in ``out`` (a line
+    naming an OpInfo is written before it runs, so that a crash is known by its name)."""
+    import json
+    from torch.testing._internal.common_methods_invocations import op_db
+    logging.getLogger("t2n").setLevel(logging.ERROR)
+    infos = [i for i in op_db if only is None or i.name in only]
+    with tempfile.TemporaryDirectory(prefix="t2n-coverage-") as tmp, open(out, "a") as f:
+        for index in range(start, len(infos)):
+            info = infos[index]
+            f.write(json.dumps({"index": index, "start": info.name}) + "\n")
+            f.flush()
+            records, untraced = _opinfo_records(info, Path(tmp))
+            f.write(json.dumps({"index": index, "name": info.name, "records": records,
+                                "untraced": untraced, "counted": _dtype(info) is not None})
+                    + "\n")
+            f.flush()
+
+
+def measure(progress=None, only=None, tree=None) -> Coverage:
+    """Run every OpInfo sample through t2n and tract (see the module docstring), in a worker
+    process restarted after a crash (tract aborts the process on some inputs: that OpInfo is
+    recorded as crashed). ``only``: OpInfo names to restrict the run to; ``tree``: measure the
+    t2n of another source tree (benchmarks)."""
+    import json
+    import subprocess
+    import sys
+    from torch.testing._internal.common_methods_invocations import op_db
+    total = len([i for i in op_db if only is None or i.name in only])
+    lines: list = []
+    with tempfile.TemporaryDirectory(prefix="t2n-coverage-") as tmp:
+        out = Path(tmp) / "records.jsonl"
+        out.touch()
+        start, done = 0, 0
+        while start < total:
+            cmd = [sys.executable, "-c", WORKER, str(tree or ""), str(Path(__file__)),
+                   str(out), str(start)] + ([json.dumps(sorted(only))] if only else [])
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            _, err = proc.communicate()
+            lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+            finished = [x for x in lines if "records" in x]
+            if progress is not None:
+                progress.update(len(finished) - done)
+            done = len(finished)
+            last = max((x["index"] for x in finished), default=-1)
+            if proc.returncode == 0 and last == total - 1:
+                break
+            begun = [x for x in lines if "start" in x and x["index"] > last]
+            if not begun:       # the worker died before any OpInfo: a real error
+                raise RuntimeError(f"the coverage worker failed: {err[-1000:]}")
+            crashed = begun[0]
+            tail = (err.strip().splitlines() or ["no message"])
+            reason = next((ln.strip() for ln in tail if "panicked" in ln), tail[-1].strip())
+            lines.append({"index": crashed["index"], "name": crashed["start"], "records": [],
+                          "untraced": f"the process crashed: {reason[:200]}",
+                          "counted": True})
+            with open(out, "a") as f:
+                f.write(json.dumps(lines[-1]) + "\n")
+            start = crashed["index"] + 1
+        lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    return _aggregate([x for x in lines if "records" in x])
+
+
+def _aggregate(results: list) -> Coverage:
+    from t2n.translate.decompose import decomposition_of
+    from t2n.translate.registry import lookup
     core = core_aten_ops()
     cov = Coverage()
-    for name, op in core.items():
+    for name in core:
         cov.ops[name] = OpStatus(name, True)
-    infos = [i for i in op_db if only is None or i.name in only]
-    quiet = logging.getLogger("t2n")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with tempfile.TemporaryDirectory(prefix="t2n-coverage-") as tmp, \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for info in infos:
-                if progress is not None:
-                    progress.update(1)
-                dtype = _dtype(info)
-                if dtype is None:
-                    continue
-                cov.opinfos += 1
-                try:
-                    samples = [s for s in info.sample_inputs("cpu", dtype) if _usable(s)]
-                except Exception as e:
-                    cov.not_traced[info.name] = _reason(e)
-                    continue
-                for sample in samples[:SAMPLES_PER_OP]:
-                    module = _Call(info.op, sample).eval()
-                    try:
-                        with torch.no_grad():
-                            if not module(*module.inputs):
-                                continue           # no tensor output
-                        ops, error = _sample_outcome(module, module.inputs, Path(tmp))
-                    except Exception as e:         # torch.export itself refused the call
-                        cov.not_traced.setdefault(info.name, _reason(e))
-                        continue
-                    cov.samples += 1
-                    blamed = _blame(ops, error) if error is not None else {}
-                    for op in ops:
-                        key = op_name(op)
-                        status = cov.ops.setdefault(key, OpStatus(key, key in core))
-                        status.samples += 1
-                        if error is None:
-                            status.passed += 1
-                            won = "direct" if lookup(op) is not None else "decomposition"
-                            if status.status not in RANK or RANK[won] < RANK[status.status]:
-                                status.status, status.reason = won, ""
-                        elif key in blamed and status.status in ("not measured",):
-                            status.status, status.reason = "neither", blamed[key]
-    finally:
-        quiet.setLevel(level)
+    for result in results:
+        if result["counted"]:
+            cov.opinfos += 1
+        if result["untraced"]:
+            cov.not_traced[result["name"]] = result["untraced"]
+        for record in result["records"]:
+            cov.samples += 1
+            for key, direct in record["ops"]:
+                status = cov.ops.setdefault(key, OpStatus(key, key in core))
+                status.samples += 1
+                if record["passed"]:
+                    status.passed += 1
+                    won = "direct" if direct else "decomposition"
+                    if status.status not in RANK or RANK[won] < RANK[status.status]:
+                        status.status, status.reason = won, ""
+                elif key in record["blamed"] and status.status == "not measured":
+                    status.status, status.reason = "neither", record["blamed"][key]
     for key, status in cov.ops.items():
         if status.status == "not measured" and status.core:
             op = core[key]
