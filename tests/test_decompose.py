@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import t2n
-from helpers import Lambda, assert_bundle_matches
+from helpers import Lambda, assert_bundle_matches, run_bundle
 from t2n.translate.decompose import decompose_missing, missing_targets
 from t2n.translate.registry import lookup
 
@@ -24,6 +25,8 @@ def _g(seed=0):
 X2 = torch.randn(4, 6, generator=_g())
 X4 = torch.randn(1, 3, 8, 8, generator=_g(1))
 X5 = torch.randn(1, 2, 4, 6, 6, generator=_g(2))
+# per column of X2, a scale from 1e-6 to 3: arguments in the series range and far outside it
+WIDE = torch.tensor([1e-6, 1e-4, 1e-2, 0.3, 1.0, 3.0])
 
 # ops with no translator that torch decomposes into ops that translate:
 # name -> (fn, inputs, the op decomposed)
@@ -139,6 +142,14 @@ DIRECT = {
     "shifts": (lambda x: (x << 2) >> 1, (torch.arange(-6, 6).reshape(3, 4),)),
     "shift_by_tensor": (lambda x: (x >> torch.tensor([1, 2, 0, 3])) + (x << torch.tensor(
         [0, 1, 2, 3])), (torch.arange(-6, 6).reshape(3, 4),)),
+    # near 0 (series), moderate and large arguments, both signs
+    "log10": (lambda x: torch.log10(x.abs() + 1e-3), (X2,)),
+    "expm1": (lambda x: torch.expm1(x * WIDE), (X2,)),
+    "sinh": (lambda x: torch.sinh(x * WIDE), (X2,)),
+    "cosh": (lambda x: torch.cosh(x * WIDE), (X2,)),
+    "asinh": (lambda x: torch.asinh(x * WIDE * 100), (X2,)),
+    "acosh": (lambda x: torch.acosh(x.abs() * 100 + 1), (X2,)),
+    "atanh": (lambda x: torch.atanh(torch.tanh(x * WIDE) * 0.99), (X2,)),
     "einsum_ellipsis": (lambda x: torch.einsum("...ij,...jk->...ik", x, x.transpose(-1, -2)),
                         (torch.randn(2, 3, 4, generator=_g()),)),
     "einsum_inner_ellipsis": (lambda x, y: torch.einsum("b...i,b...i->b...", x, y),
@@ -153,6 +164,18 @@ DIRECT = {
 def test_long_tail_op(name, tmp_path):
     fn, args = DIRECT[name]
     assert_bundle_matches(Lambda(fn).eval(), args, tmp_path)
+
+
+@pytest.mark.parametrize("fn", [torch.expm1, torch.sinh, torch.asinh, torch.atanh],
+                         ids=["expm1", "sinh", "asinh", "atanh"])
+def test_exp_log_functions_keep_their_relative_precision_near_zero(fn, tmp_path):
+    """Near 0 the formulas would lose most digits (exp(x) - 1 at x = 1e-7 is 1.19e-7 in f32):
+    the series is used below 0.1, within 1e-6 relative of the exact value (float64)."""
+    x = torch.tensor([[1e-7, -3e-6, 2e-5, -4e-4, 9e-4, -2e-3, 0.05, -0.0999, 0.1001, -0.3]])
+    t2n.export(Lambda(fn).eval(), (x,), tmp_path / "b", check_io=None)
+    (got,) = run_bundle(tmp_path / "b", x.numpy())
+    want = fn(x.double()).numpy()
+    assert np.abs(got / want - 1).max() < 1e-6, got / want - 1
 
 
 @pytest.mark.parametrize("name,fn,shape,axis", [

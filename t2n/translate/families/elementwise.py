@@ -327,3 +327,112 @@ def lshift(ctx, self, other):
 def rshift(ctx, self, other):
     """__rshift__.Scalar(Tensor self, Scalar other) -> Tensor"""
     return _shift(ctx, self, other, left=False)
+
+
+# -- functions of exp and log that tract has no operator for --------------------------------
+# Each is its textbook formula, with its Taylor series below SMALL, where the formula loses the
+# relative precision torch keeps (exp(x) - 1 at x = 1e-7 is 1.19e-7 in f32); the series is
+# taken to a term below f32's resolution at SMALL.
+SMALL = 0.1
+
+
+def _near_zero(ctx, x, series, formula):
+    like = ctx.like(x)
+    small = ctx.op("lt", ctx.op("abs", x, **like), operand(ctx, SMALL, x.dtype),
+                   shape=x.shape, dtype="bool")
+    return ctx.op("select", small, series, formula, **like)
+
+
+def _float_operand(ctx, self):
+    return operand(ctx, self, ctx.out.dtype)
+
+
+def _horner(ctx, x, power, coefficients):
+    """x * (c0 + c1 p + c2 p^2 + ...) with p = ``power`` (x or x^2)."""
+    like = ctx.like(x)
+    acc = operand(ctx, float(coefficients[-1]), x.dtype)
+    for c in reversed(coefficients[:-1]):
+        acc = ctx.op("add", ctx.op("mul", acc, power, **like), operand(ctx, float(c), x.dtype),
+                     **like)
+    return ctx.op("mul", x, acc, **like)
+
+
+def _odd(ctx, x, coefficients):
+    return _horner(ctx, x, ctx.op("sqr", x, **ctx.like(x)), coefficients)
+
+
+@translates(aten.log10.default)
+def log10(ctx, self):
+    """log10(Tensor self) -> Tensor"""
+    x = _float_operand(ctx, self)
+    return ctx.op("div", ctx.op("log", x, **ctx.like(x)),
+                  operand(ctx, 2.302585092994046, x.dtype))
+
+
+@translates(aten.expm1.default)
+def expm1(ctx, self):
+    """expm1(Tensor self) -> Tensor"""
+    x = _float_operand(ctx, self)
+    like = ctx.like(x)
+    formula = ctx.op("sub", ctx.op("exp", x, **like), operand(ctx, 1.0, x.dtype), **like)
+    series = _horner(ctx, x, x, [1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720])
+    return _near_zero(ctx, x, series, formula)
+
+
+def _exp_pair(ctx, x, sign: float):
+    like = ctx.like(x)
+    e = ctx.op("exp", x, **like)
+    inv = ctx.op("exp", ctx.op("neg", x, **like), **like)
+    total = ctx.op("add" if sign > 0 else "sub", e, inv, **like)
+    return ctx.op("mul", total, operand(ctx, 0.5, x.dtype), **like)
+
+
+@translates(aten.sinh.default)
+def sinh(ctx, self):
+    """sinh(Tensor self) -> Tensor"""
+    x = _float_operand(ctx, self)
+    series = _odd(ctx, x, [1.0, 1 / 6, 1 / 120, 1 / 5040])
+    return _near_zero(ctx, x, series, _exp_pair(ctx, x, -1.0))
+
+
+@translates(aten.cosh.default)
+def cosh(ctx, self):
+    """cosh(Tensor self) -> Tensor"""
+    return _exp_pair(ctx, _float_operand(ctx, self), 1.0)
+
+
+@translates(aten.asinh.default)
+def asinh(ctx, self):
+    """asinh(Tensor self) -> Tensor"""
+    x = _float_operand(ctx, self)
+    like = ctx.like(x)
+    a = ctx.op("abs", x, **like)
+    root = ctx.op("sqrt", ctx.op("add", ctx.op("sqr", a, **like), operand(ctx, 1.0, x.dtype),
+                                 **like), **like)
+    # sign(x) log(|x| + sqrt(x^2 + 1)): no cancellation for negative x
+    formula = ctx.op("mul", ctx.op("sign", x, **like),
+                     ctx.op("log", ctx.op("add", a, root, **like), **like), **like)
+    series = _odd(ctx, x, [1.0, -1 / 6, 3 / 40, -15 / 336, 105 / 3456])
+    return _near_zero(ctx, x, series, formula)
+
+
+@translates(aten.acosh.default)
+def acosh(ctx, self):
+    """acosh(Tensor self) -> Tensor"""
+    x = _float_operand(ctx, self)
+    like = ctx.like(x)
+    root = ctx.op("sqrt", ctx.op("sub", ctx.op("sqr", x, **like), operand(ctx, 1.0, x.dtype),
+                                 **like), **like)
+    return ctx.op("log", ctx.op("add", x, root, **like), **like)
+
+
+@translates(aten.atanh.default)
+def atanh(ctx, self):
+    """atanh(Tensor self) -> Tensor"""
+    x = _float_operand(ctx, self)
+    like = ctx.like(x)
+    one = operand(ctx, 1.0, x.dtype)
+    ratio = ctx.op("div", ctx.op("add", one, x, **like), ctx.op("sub", one, x, **like), **like)
+    formula = ctx.op("mul", ctx.op("log", ratio, **like), operand(ctx, 0.5, x.dtype), **like)
+    series = _odd(ctx, x, [1.0, 1 / 3, 1 / 5, 1 / 7, 1 / 9, 1 / 11])
+    return _near_zero(ctx, x, series, formula)
