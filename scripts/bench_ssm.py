@@ -31,6 +31,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # _bench_common
 
 from t2n.llm import LLMBundle, export_llm  # noqa: E402
 
@@ -60,7 +61,12 @@ def measure(llm: LLMBundle, prompt: np.ndarray, steps: int) -> tuple[float, floa
     return prefill, time.perf_counter() - t0
 
 
+START, END = "<!-- bench_ssm:start -->", "<!-- bench_ssm:end -->"
+
+
 def main(argv=None) -> int:
+    import os
+    t_start, load0 = time.perf_counter(), os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -68,6 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", default="16,512")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     torch.set_num_threads(1)
@@ -98,17 +105,27 @@ def main(argv=None) -> int:
                 runs.setdefault((name, prompt), []).append(
                     measure(bundles[name], ids[prompt], args.steps))
 
-    print(f"tract {__import__('tract').version()}, hidden {args.hidden}, {args.layers} layers, "
-          f"vocabulary {args.vocab}, f32, 1 thread, {args.steps} decode steps, median of "
-          f"{args.rounds} rounds\n")
-    print("| model | parameters | prompt | prefill ms | decode ms/token | decode tokens/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    lines = [f"tract {__import__('tract').version()}, hidden {args.hidden}, {args.layers} "
+             f"layers, vocabulary {args.vocab}, f32, 1 thread, {args.steps} decode steps, "
+             f"median of {args.rounds} rounds", "",
+             "| model | parameters | prompt | prefill ms | decode ms/token | decode tokens/s |",
+             "|---|---:|---:|---:|---:|---:|"]
     for prompt in prompts:
         for name in bundles:
             prefill = statistics.median(p for p, _ in runs[(name, prompt)])
             decode = statistics.median(d for _, d in runs[(name, prompt)])
-            print(f"| {name} | {params[name] / 1e6:.2f}M | {prompt} | {prefill:.1f} | "
-                  f"{decode / args.steps * 1000:.3f} | {args.steps / decode:.0f} |")
+            lines.append(f"| {name} | {params[name] / 1e6:.2f}M | {prompt} | {prefill:.1f} | "
+                         f"{decode / args.steps * 1000:.3f} | {args.steps / decode:.0f} |")
+    print("\n".join(lines))
+    if args.write_docs:
+        from _bench_common import load_line, machine_line, run_meta, write_docs
+        meta = run_meta("scripts/bench_ssm.py", t_start, load0)
+        head = ["## State-space decode in tract: Mamba against Llama", "",
+                f"Measured {meta['date']} by `{meta['bench_cmd']}` "
+                f"({meta['total_s'] / 60:.0f} min), commit {meta['git']}.",
+                machine_line(meta["machine"]), load_line(meta), ""]
+        write_docs("\n".join(head + lines) + "\n", START, END,
+                   after="<!-- bench_coverage:end -->")
     return 0
 
 

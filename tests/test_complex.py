@@ -227,6 +227,22 @@ def test_llama4_text_causal_lm_dynamic_tokens(tmp_path, caplog):
     assert result.resized is not None and result.resized.passed
 
 
+def test_llama4_with_its_chunked_attention(tmp_path):
+    """Llama 4's default layers attend within chunks (here of 4 tokens, fewer than the 7
+    traced and the 10 of the second check): its mask's integer floor division over the token
+    axis keeps its shape through translation."""
+    config = transformers.Llama4TextConfig(
+        head_dim=16, intermediate_size_mlp=128, num_local_experts=4, use_cache=False,
+        attention_chunk_size=4, **COMMON)
+    assert set(config.layer_types) == {"chunked_attention"}
+    torch.manual_seed(0)
+    model = transformers.Llama4ForCausalLM(config).eval()
+    result = assert_bundle_matches(model, (torch.randint(3, 256, (1, 7)),), tmp_path,
+                                   input_names=["input_ids"],
+                                   dynamic_axes={"input_ids": {1: "S"}})
+    assert result.resized is not None and result.resized.passed
+
+
 # -- bfloat16 inside the model --------------------------------------------------------------
 class CastsToBf16(torch.nn.Module):
     def __init__(self):
