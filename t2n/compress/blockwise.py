@@ -279,9 +279,11 @@ def _one_block(i, block_name, block, method, runner, owners, in_block, stats, ta
     weights = {n: m.weight.detach().reshape(m.weight.shape[0], -1)
                for n, m in layers.items()}   # float32, kept through the cast below
     block.to(work)
+    # inputs are observed where they multiply the weight (an Embedding inside a block, as in
+    # Jamba's and Zamba2's layers, is quantized without them, as outside the blocks)
     handles = [m.register_forward_pre_hook(
         lambda mod, args, n=n: method.observe(stats, n, mod, args[0]))
-        for n, m in layers.items()]
+        for n, m in layers.items() if isinstance(m, MULTIPLYING)]
     # a method fitting the float model's own outputs observes the inputs of that stream
     # (the same as the quantized stream's at the first block), one pass fewer
     try:
