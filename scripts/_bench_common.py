@@ -11,6 +11,7 @@ imported inside the functions that need them.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -749,6 +750,27 @@ def _plain(obj):
     if isinstance(obj, float) and obj != obj:
         return None
     return obj
+
+
+@contextlib.contextmanager
+def base_worktree(rev: str, folder: Path):
+    """A detached git worktree of ``rev`` at ``folder`` (removed afterwards): the base tree of a
+    before/after benchmark."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), rev],
+                   check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)],
+                       capture_output=True)
+
+
+def before_after_head(title: str, meta: dict, base: str) -> list:
+    """The opening lines of a before/after section: title, run, machine and load."""
+    return [f"## {title}", "",
+            f"Measured {meta['date']} by `{meta['bench_cmd']}` ({meta['total_s'] / 60:.0f} "
+            f"min), commit {meta['git']}, against base commit `{base}`.",
+            machine_line(meta["machine"]), load_line(meta), ""]
 
 
 def save_results(name: str, data: dict) -> Path:

@@ -26,7 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _bench_common import git_state, load_line, log, machine_line, run_meta, write_docs
+from _bench_common import (base_worktree, before_after_head, git_state, log, run_meta,
+                           write_docs)
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- bench_architectures:start -->", "<!-- bench_architectures:end -->"
@@ -100,22 +101,16 @@ def main() -> int:
     t_start, load0 = time.perf_counter(), os.getloadavg()
     names = args.only or families()
     work = Path(tempfile.mkdtemp(prefix="bench-arch-"))
-    base_tree = work / "base"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree),
-                    args.base], check=True, capture_output=True)
     rows = []
-    try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for family in names:
-                after = pool.submit(run, REPO, family)
-                before = pool.submit(run, base_tree, family)
-                row = {"family": family, "before": before.result(), "after": after.result()}
-                rows.append(row)
-                log(f"{family:28s} before {row['before'][0]:10s} after {row['after'][0]:10s} "
-                    f"{row['after'][1].splitlines()[0][:90] if row['after'][1] else ''}")
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                        str(base_tree)], capture_output=True)
+    with base_worktree(args.base, work / "base") as base_tree, \
+            ThreadPoolExecutor(max_workers=2) as pool:
+        for family in names:
+            after = pool.submit(run, REPO, family)
+            before = pool.submit(run, base_tree, family)
+            row = {"family": family, "before": before.result(), "after": after.result()}
+            rows.append(row)
+            log(f"{family:28s} before {row['before'][0]:10s} after {row['after'][0]:10s} "
+                f"{row['after'][1].splitlines()[0][:90] if row['after'][1] else ''}")
     res = {"base": args.base, "rows": rows,
            "meta": run_meta("scripts/bench_architectures.py", t_start, load0)}
     res["meta"]["git"] = git_state()
@@ -130,14 +125,9 @@ def main() -> int:
 
 def render(r: dict) -> str:
     meta, rows = r["meta"], r["rows"]
-    lines = ["## Architectures: tiny decoders of the installed transformers, before and after",
-             ""]
+    lines = before_after_head("Architectures: tiny decoders of the installed transformers, "
+                              "before and after", meta, r["base"])
     add = lines.append
-    add(f"Measured {meta['date']} by `{meta['bench_cmd']}` ({meta['total_s'] / 60:.0f} min), "
-        f"commit {meta['git']}, against base commit `{r['base']}`.")
-    add(machine_line(meta["machine"]))
-    add(load_line(meta))
-    add("")
     tried = [x for x in rows if x["after"][0] != "not tried" or x["before"][0] != "not tried"]
     for when in ("before", "after"):
         ok = [x["family"] for x in tried if x[when][0] == "verified"]

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench_common import git_state, load_line, log, machine_line, run_meta, write_docs
+from _bench_common import (base_worktree, before_after_head, git_state, log, run_meta,
+                           write_docs)
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- bench_coverage:start -->", "<!-- bench_coverage:end -->"
@@ -39,23 +39,17 @@ def main() -> int:
     from t2n import coverage
     from t2n.bundles import ops_table
     work = Path(tempfile.mkdtemp(prefix="bench-coverage-"))
-    base_tree = work / "base"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree),
-                    args.base], check=True, capture_output=True)
-    try:
-        log(f"measuring this checkout and {args.base} in parallel")
-        from concurrent.futures import ThreadPoolExecutor
-        os.environ["OMP_NUM_THREADS"] = "1"      # the workers: one thread each
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            after_job = pool.submit(coverage.measure, tree=REPO)
-            before_job = pool.submit(coverage.measure, tree=base_tree)
-            after, before = after_job.result(), before_job.result()
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                        str(base_tree)], capture_output=True)
+    log(f"measuring this checkout and {args.base} in parallel")
+    from concurrent.futures import ThreadPoolExecutor
+    os.environ["OMP_NUM_THREADS"] = "1"      # the workers: one thread each
+    with base_worktree(args.base, work / "base") as base_tree, \
+            ThreadPoolExecutor(max_workers=2) as pool:
+        after_job = pool.submit(coverage.measure, tree=REPO)
+        before_job = pool.submit(coverage.measure, tree=base_tree)
+        after, before = after_job.result(), before_job.result()
     coverage.save(before, work / "before.json")
     coverage.save(after, work / "after.json")
-    res = {"base": args.base, "before": _counts(before), "after": _counts(after),
+    res = {"base": args.base, "samples_per_op": coverage.SAMPLES_PER_OP, "before": _counts(before), "after": _counts(after),
            "changed": _changed(before, after), "samples": (before.samples, after.samples),
            "opinfos": (before.opinfos, after.opinfos),
            "meta": run_meta("scripts/bench_coverage.py", t_start, load0)}
@@ -90,14 +84,10 @@ def _changed(before, after) -> list:
 
 def render(r: dict) -> str:
     meta = r["meta"]
-    lines = ["## Op coverage: `t2n ops --coverage` before and after", ""]
+    lines = before_after_head("Op coverage: `t2n ops --coverage` before and after", meta,
+                              r["base"])
     add = lines.append
-    add(f"Measured {meta['date']} by `{meta['bench_cmd']}` ({meta['total_s'] / 60:.0f} min), "
-        f"commit {meta['git']}, against base commit `{r['base']}`.")
-    add(machine_line(meta["machine"]))
-    add(load_line(meta))
-    add("")
-    add(f"Every OpInfo sample of torch's test database (first {2} usable samples each; "
+    add(f"Every OpInfo sample of torch's test database (first {r['samples_per_op']} usable samples each; "
         f"before: {r['samples'][0]} samples of {r['opinfos'][0]} OpInfos, after: "
         f"{r['samples'][1]} of {r['opinfos'][1]}) exported by t2n and run in tract against "
         f"torch. The full measured lists are in docs/ops.md.")

@@ -76,10 +76,10 @@ def empty_past(past: Sequence[torch.Tensor], layers) -> list[torch.Tensor]:
             for t, part in zip(past, parts)]
 
 
-class _PastLayer(DynamicLayer):
-    """A cache layer holding given past keys/values. Its length is the tensor's size, read
-    without the emptiness test of DynamicLayer (a guard on P that torch.export would record),
-    and its first update is a plain concatenation (no concat with a 1-D empty tensor)."""
+class _GivenPast:
+    """Past keys/values given as tensors: the length is the tensor's size, read without the
+    emptiness test of DynamicLayer (a guard on P that torch.export would record), and the first
+    update is a plain concatenation (no concat with a 1-D empty tensor)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
@@ -91,18 +91,13 @@ class _PastLayer(DynamicLayer):
         return self.keys.shape[-2]
 
 
-class _PastHybridLayer(LinearAttentionAndFullAttentionLayer):
-    """A hybrid cache layer holding given past keys/values (read as _PastLayer reads them) and
-    the mixer's states (set by t2n.ssm.state_layer)."""
+class _PastLayer(_GivenPast, DynamicLayer):
+    """A cache layer holding given past keys/values."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
-        super().__init__()
-        self.dtype, self.device = keys.dtype, keys.device
-        self.keys, self.values = keys, values
-        self.is_initialized = True
 
-    def get_seq_length(self) -> int:
-        return self.keys.shape[-2]
+class _PastHybridLayer(_GivenPast, LinearAttentionAndFullAttentionLayer):
+    """A hybrid cache layer holding given past keys/values and the mixer's states (set by
+    t2n.ssm.state_layer)."""
 
 
 def _is_state_layer(layer) -> bool:
