@@ -82,16 +82,41 @@ TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=64, num
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256,
             max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2,
-            n_shared_experts=1, shared_expert_intermediate_size=64, first_k_dense_replace=1)
+            n_shared_experts=1, shared_expert_intermediate_size=64, first_k_dense_replace=1,
+            # latent attention (DeepSeek-V2/V3 and kin), partial rotary, encoder-decoder heads
+            qk_rope_head_dim=8, qk_nope_head_dim=8, qk_head_dim=16, v_head_dim=16,
+            kv_lora_rank=32, q_lora_rank=32, rotary_dim=8, encoder_attention_heads=4,
+            decoder_attention_heads=4)
+
+
+_MAMBA2_FIELDS = [("num_heads", "head_dim", "expand", "n_groups"),
+                  ("mamba_n_heads", "mamba_d_head", "mamba_expand", "mamba_n_groups"),
+                  ("n_mamba_heads", "mamba_headdim", "mamba_expand", "mamba_ngroups"),
+                  ("mamba_num_heads", "mamba_head_dim", "expand", "n_groups")]
 
 
 def _tiny(config):
     for key, value in TINY.items():
         if hasattr(config, key) and not isinstance(getattr(config, key), (list, dict)):
-            setattr(config, key, value)
+            try:
+                setattr(config, key, value)
+            except (AttributeError, NotImplementedError):   # derived from other fields
+                pass
+    if getattr(config, "qk_rope_head_dim", None) and hasattr(config, "head_dim"):
+        config.head_dim = config.qk_rope_head_dim   # latent attention: RoPE's width
+    for heads, head_dim, expand, groups in _MAMBA2_FIELDS:   # heads must cover expand x hidden
+        if all(hasattr(config, k) for k in (heads, head_dim, expand, groups)):
+            setattr(config, head_dim, 16)
+            setattr(config, heads, getattr(config, expand) * config.hidden_size // 16)
+            setattr(config, groups, 1)
+            if getattr(config, "mamba_d_ssm", None):
+                config.mamba_d_ssm = getattr(config, expand) * config.hidden_size
     for key in ("layer_types", "mlp_layer_types"):
         if isinstance(getattr(config, key, None), list):
-            setattr(config, key, getattr(config, key)[:TINY["num_hidden_layers"]])
+            try:
+                setattr(config, key, getattr(config, key)[:TINY["num_hidden_layers"]])
+            except AttributeError:   # derived from other fields (a property with no setter)
+                pass
     return config
 
 
