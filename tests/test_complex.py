@@ -109,6 +109,7 @@ FORMS = {
     "arithmetic": (Arithmetic, lambda s: (torch.randn(2, s, 4, 2), torch.randn(2, s, 4, 2)),
                    {"a": {1: "S"}, "b": {1: "S"}}),
     "shapes": (Shapes, lambda s: (torch.randn(2, s, 8, 2),), {"x": {1: "S"}}),
+    "angle": (Angle, lambda s: (torch.randn(2, s, 4, 2),), {"x": {1: "S"}}),
 }
 
 
@@ -124,16 +125,16 @@ def test_complex_form_exports(form, dynamic, tmp_path):
     assert all(d.max_abs < 1e-4 for d in result.diffs), result.verification.summary()
 
 
-def test_angle_becomes_atan2_which_tract_cannot_run(tmp_path):
-    """angle() is rewritten to atan2(imaginary, real); tract 0.23.9 has no arctangent (its
-    NNEF loader refuses tract_core_atan), so the export stops naming that op, nothing written."""
+def test_angle_becomes_atan2(tmp_path):
+    """angle() is rewritten to atan2(imaginary, real), which translates to tract's atan; every
+    quadrant, both axes and the origin."""
     program = capture(Angle(), (torch.randn(2, 5, 4, 2),))
     targets = {n.target for n in program.graph.nodes if n.op == "call_function"}
-    assert torch.ops.aten.atan2.default in targets
-    assert lookup(torch.ops.aten.atan2.default) is None
-    with pytest.raises(t2n.UnsupportedOpsError, match="aten.atan2.default"):
-        t2n.export(Angle(), (torch.randn(2, 5, 4, 2),), tmp_path / "b")
-    assert not (tmp_path / "b").exists()
+    assert torch.ops.aten.atan2.default in targets and lookup(torch.ops.aten.atan2.default)
+    parts = torch.tensor([-1.5, -0.2, 0.0, 0.3, 2.0])
+    grid = torch.stack(torch.meshgrid(parts, parts, indexing="ij"), -1).reshape(1, 25, 2)
+    result = assert_bundle_matches(Angle().eval(), (grid,), tmp_path)
+    assert result.diffs[0].max_abs < 1e-6, result.verification.summary()
 
 
 def test_no_complex_reaches_the_translator():

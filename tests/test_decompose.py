@@ -117,6 +117,8 @@ def test_the_error_lists_only_ops_that_neither_translate_nor_decompose(tmp_path)
     assert not (tmp_path / "b").exists()
 
 
+QUADRANTS = torch.tensor([-2.5, -0.4, 0.0, 0.7, 3.0])
+
 # -- long-tail ops with translators of their own ---------------------------------------------
 DIRECT = {
     "adaptive_avg_uneven": (lambda x: F.adaptive_avg_pool2d(x, (3, 5)), (X4,)),
@@ -150,6 +152,30 @@ DIRECT = {
     "asinh": (lambda x: torch.asinh(x * WIDE * 100), (X2,)),
     "acosh": (lambda x: torch.acosh(x.abs() * 100 + 1), (X2,)),
     "atanh": (lambda x: torch.atanh(torch.tanh(x * WIDE) * 0.99), (X2,)),
+    "atan": (lambda x: torch.atan(x * WIDE), (X2,)),
+    "asin_acos": (lambda x: torch.asin(torch.tanh(x)) + torch.acos(torch.tanh(x) * 0.9), (X2,)),
+    # every quadrant, both axes and the origin
+    "atan2": (lambda y, x: torch.atan2(y, x), (QUADRANTS.reshape(-1, 1).clone(), QUADRANTS)),
+    "angle_real": (lambda x: torch.angle(x), (QUADRANTS,)),
+    "diagonal": (lambda x: torch.diagonal(x) + torch.diagonal(x, 1), (X2,)),
+    "diagonal_axes": (lambda x: torch.diagonal(x, offset=-1, dim1=2, dim2=0), (X5[0],)),
+    "diagonal_wide": (lambda x: x.diagonal(2, 0, 1) * 2, (torch.randn(3, 7, generator=_g()),)),
+    "as_strided": (lambda x: torch.as_strided(x, (3, 2, 2), (2, 5, 1), 1), (X2,)),
+    "as_strided_overlapping": (lambda x: x.flatten().as_strided((4, 3), (1, 1)), (X2,)),
+    "masked_scatter": (lambda x, m: x.masked_scatter(m, -torch.arange(30.0).reshape(5, 6)),
+                       (X2, X2 > 0.3)),
+    "masked_scatter_broadcast_mask": (lambda x: x.masked_scatter(
+        torch.tensor([True, False, True, True, False, False]), x.flip(0) * 10), (X2,)),
+    # the indices output of max pooling: padded, strided, dilated, ceil_mode, and fed to
+    # max_unpool as a user would
+    "max_pool2d_indices": (lambda x: F.max_pool2d(x, 3, 2, padding=1, return_indices=True),
+                           (X4,)),
+    "max_pool1d_indices_dilated": (lambda x: F.max_pool1d(x, 2, 1, dilation=2,
+                                                          return_indices=True), (X4[0],)),
+    "max_pool3d_indices_ceil": (lambda x: F.max_pool3d(x, 2, (1, 2, 2), ceil_mode=True,
+                                                       return_indices=True), (X5,)),
+    "max_pool_unpool": (lambda x: F.max_unpool2d(*F.max_pool2d(x, 2, return_indices=True), 2),
+                        (X4,)),
     "einsum_ellipsis": (lambda x: torch.einsum("...ij,...jk->...ik", x, x.transpose(-1, -2)),
                         (torch.randn(2, 3, 4, generator=_g()),)),
     "einsum_inner_ellipsis": (lambda x, y: torch.einsum("b...i,b...i->b...", x, y),
@@ -182,6 +208,9 @@ def test_exp_log_functions_keep_their_relative_precision_near_zero(fn, tmp_path)
     ("adaptive_uneven", lambda x: F.adaptive_avg_pool2d(x, (3, 5)), (2, 3, 8, 8), 0),
     ("cdist", lambda x: torch.cdist(x, x[:3]), (7, 4), 0),
     ("hypot", lambda x: torch.hypot(x, x * 2), (3, 4), 0),
+    ("atan2", lambda x: torch.atan2(x, x.flip(1) - 0.5), (3, 4), 0),
+    ("diagonal", lambda x: torch.diagonal(x, 1, 1, 2), (2, 4, 5), 0),
+    ("max_pool_indices", lambda x: F.max_pool2d(x, 2, return_indices=True)[1], (2, 3, 6, 6), 0),
     ("einsum", lambda x: torch.einsum("...i,...i->...", x, x), (5, 4), 0),
 ])
 def test_long_tail_ops_with_a_dynamic_axis(name, fn, shape, axis, tmp_path):

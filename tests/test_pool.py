@@ -154,7 +154,10 @@ def test_pool_f16(name, tmp_path):
 
 
 REFUSED = {
-    "indices_used": (Lambda(lambda x: F.max_pool2d(x, 2, return_indices=True)), {}, "indices"),
+    "adaptive_indices_used": (Lambda(lambda x: F.adaptive_max_pool2d(x, 2, return_indices=True)),
+                              {}, "indices"),
+    "indices_over_dynamic_axis": (Lambda(lambda x: F.max_pool1d(x, 2, return_indices=True)),
+                                  {"input_0": {2: "T"}}, "indices"),
     "adaptive_not_dividing_dynamic": (nn.AdaptiveAvgPool1d(4), {"input": {2: "T"}}, "divid"),
     "ceil_mode_dynamic": (nn.AvgPool1d(2, 3, ceil_mode=True), {"input": {2: "T"}},
                           "ceil_mode"),

@@ -1,6 +1,8 @@
 """Arithmetic, comparison, logic and unary math ops."""
 from __future__ import annotations
 
+import math
+
 from t2n.errors import TranslationError
 from t2n.translate.context import Value
 from t2n.translate.families._common import broadcast_rank, operand, promote, same_dtype
@@ -203,6 +205,7 @@ _UNARY = {
     aten.ceil.default: "ceil", aten.sign.default: "sign",
     aten.erf.default: "tract_core_erf", aten.round.default: "tract_core_round_even",
     aten.log2.default: "log2", aten.square.default: "sqr",
+    aten.atan.default: "atan", aten.asin.default: "asin", aten.acos.default: "acos",
 }
 
 
@@ -288,6 +291,40 @@ def hypot(ctx, self, other):
     like = ctx.like(ctx.out)
     return ctx.op("sqrt", ctx.op("add", ctx.op("sqr", x, **ctx.like(x)),
                                  ctx.op("sqr", y, **ctx.like(y)), **like), **like)
+
+
+@translates(aten.atan2.default, aten.arctan2.default)
+def atan2(ctx, self, other):
+    """atan2(Tensor self, Tensor other) -> Tensor"""
+    y, x = same_dtype(ctx, self, other, dtype=ctx.out.dtype)
+    like = ctx.like(ctx.out)
+    zero = operand(ctx, 0.0, y.dtype)
+
+    def test(op, v):
+        return ctx.op(op, v, zero, shape=v.shape, dtype="bool")
+
+    x_zero = test("eq", x)
+    # atan(y / x) where x != 0; x = 0 reads sign(y) pi/2 (0 at the origin, as torch)
+    safe_x = ctx.op("select", x_zero, operand(ctx, 1.0, x.dtype), x, **ctx.like(x))
+    base = ctx.op("atan", ctx.op("div", y, safe_x, **like), **like)
+    turn = ctx.op("select", test("ge", y), operand(ctx, math.pi, y.dtype),
+                  operand(ctx, -math.pi, y.dtype), **ctx.like(y))
+    left = ctx.op("add", base, turn, **like)        # x < 0: the other half-plane
+    axis = ctx.op("mul", ctx.op("sign", y, **ctx.like(y)), operand(ctx, math.pi / 2, y.dtype),
+                  **ctx.like(y))
+    out = ctx.op("select", test("lt", x), left, base, **like)
+    return ctx.op("select", x_zero, axis, out, **like)
+
+
+@translates(aten.angle.default)
+def angle(ctx, self):
+    """angle(Tensor self) -> Tensor  (real input: pi below zero, else 0; nan stays nan)"""
+    x = _float_operand(ctx, self)
+    like = ctx.like(x)
+    negative = ctx.op("lt", x, operand(ctx, 0.0, x.dtype), shape=x.shape, dtype="bool")
+    out = ctx.op("select", negative, operand(ctx, math.pi, x.dtype),
+                 operand(ctx, 0.0, x.dtype), **like)
+    return ctx.op("select", ctx.op("ne", x, x, shape=x.shape, dtype="bool"), x, out, **like)
 
 
 @translates(aten.isnan.default)

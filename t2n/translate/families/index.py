@@ -1,6 +1,7 @@
 """Indexing: gathers, scatters, selects by mask, flips, rolls and triangles."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from t2n.errors import TranslationError
@@ -283,6 +284,41 @@ def where(ctx, condition, self, other):
 def masked_fill(ctx, self, mask, value):
     """masked_fill.Scalar(Tensor self, Tensor mask, Scalar value) -> Tensor"""
     return where(ctx, mask, value, self)
+
+
+@translates(aten.masked_scatter.default)
+def masked_scatter(ctx, self, mask, source):
+    """masked_scatter(Tensor self, Tensor mask, Tensor source) -> Tensor
+
+    Where the mask is set, the source's elements in order: each position's rank among the set
+    positions (an exclusive running count over the flattened mask) indexes the flattened source.
+    Static shapes only."""
+    shape = tuple(ctx.out.shape)
+    if not all(isinstance(d, int) for d in (*shape, *source.shape)):
+        raise TranslationError("masked_scatter over a dynamic axis", "make the axes static")
+    n, available = int(np.prod(shape, dtype=np.int64)), int(np.prod(source.shape, dtype=np.int64))
+    rank = len(shape)
+    if available == 0:   # nothing to scatter: a mask with no set position
+        return ctx.op("select", broadcast_rank(ctx, operand(ctx, mask, "bool"), rank),
+                      *(broadcast_rank(ctx, operand(ctx, self, ctx.out.dtype), rank),) * 2)
+    m = broadcast_rank(ctx, operand(ctx, mask, "bool"), rank)
+    if tuple(m.shape) != shape:
+        m = ctx.op("tract_core_broadcast", m, attrs={"shape": list(shape)}, shape=shape,
+                   dtype="bool")
+    counts = ctx.op("select", m, operand(ctx, 1, "i64"), operand(ctx, 0, "i64"), shape=shape,
+                    dtype="i64")
+    flat = ctx.op("reshape", counts, attrs={"shape": [n]}, shape=(n,), dtype="i64")
+    rank_of = ctx.op("tract_core_cumsum", flat, axis=0, exclusive=True, reverse=False,
+                     shape=(n,), dtype="i64")
+    # unset positions past the last source element read any valid one: select drops them
+    rank_of = ctx.op("min", rank_of, operand(ctx, available - 1, "i64"), shape=(n,), dtype="i64")
+    src = operand(ctx, source, ctx.out.dtype)
+    src = src if src.rank == 1 else ctx.op("reshape", src, attrs={"shape": [available]},
+                                           shape=(available,), dtype=src.dtype)
+    taken = ctx.op("tract_core_gather", src, rank_of, axis=0, shape=(n,), dtype=src.dtype)
+    taken = ctx.op("reshape", taken, attrs={"shape": list(shape)}, shape=shape, dtype=src.dtype)
+    return ctx.op("select", m, taken, broadcast_rank(ctx, operand(ctx, self, ctx.out.dtype),
+                                                    rank))
 
 
 # -- reorderings ----------------------------------------------------------------------------

@@ -49,9 +49,58 @@ def _values_only(ctx, values):
     for user in ctx.node.users:
         if user.target is operator.getitem and (user.args[1] == 0 or not user.users):
             continue
-        raise TranslationError("the indices output of max pooling is not supported",
+        raise TranslationError("the indices output of adaptive max pooling is not supported",
                                "use return_indices=False")
     return values, None
+
+
+def _with_indices(ctx, n, x, kernel_size, stride, padding, dilation, ceil_mode):
+    """(values, indices) of a max pooling; the indices (flat positions in each input plane, as
+    torch gives them) only when a user reads them: every window's elements gathered from the
+    flattened plane (padding and ceil_mode overhang read the dtype's lowest value), the first
+    maximum's place in the window by argmax, turned into a position by two constant tables."""
+    values = _max_pool(ctx, n, x, kernel_size, stride, padding, dilation, ceil_mode, ctx.out[0])
+    if all(u.target is operator.getitem and (u.args[1] == 0 or not u.users)
+           for u in ctx.node.users):
+        return values, None
+    sizes, out = list(x.shape[-n:]), list(ctx.out[1].shape[-n:])
+    if not all(isinstance(d, int) for d in (*sizes, *out)):
+        raise TranslationError("the indices output of max pooling over a dynamic spatial axis",
+                               "make the pooled axes static")
+    kernel = spatial(kernel_size, n)
+    stride = spatial(stride, n) if stride else kernel
+    padding, dilation = spatial(padding, n), spatial(dilation, n)
+    lead, plane = x.rank - n, int(np.prod(sizes))
+    # per axis: position of window element k for output o, and whether it is inside the input
+    grids = np.meshgrid(*(np.arange(k) for k in kernel), *(np.arange(o) for o in out),
+                        indexing="ij")
+    place = [grids[n + i] * stride[i] + grids[i] * dilation[i] - padding[i] for i in range(n)]
+    inside = np.logical_and.reduce([(p >= 0) & (p < d) for p, d in zip(place, sizes)])
+    widths = [int(np.prod(sizes[i + 1:])) for i in range(n)]
+    flat = sum(p * w for p, w in zip(place, widths))      # linear in the window offset k
+    windows = int(np.prod(kernel))
+    flat, inside = flat.reshape(windows, -1), inside.reshape(windows, -1)
+    gather_at = np.where(inside, flat, plane).astype(np.int64)   # outside: the pad element
+    like = dict(dtype=x.dtype)
+    lowest = float(np.finfo(np.float16 if x.dtype == "f16" else np.float32).min)
+    planes = ctx.op("reshape", x, [plane], axis_start=lead, axis_count=n,
+                    shape=tuple(x.shape[:lead]) + (plane,), **like)
+    planes = ctx.op("pad", planes, padding=[(0, 0)] * lead + [(0, 1)], border="constant",
+                    value=lowest, shape=tuple(x.shape[:lead]) + (plane + 1,), **like)
+    spread = ctx.op("tract_core_gather", planes, ctx.const(gather_at, "pool_windows"),
+                    axis=lead, shape=tuple(x.shape[:lead]) + gather_at.shape, **like)
+    first = ctx.op("argmax_reduce", spread, axes=[lead],
+                   shape=tuple(x.shape[:lead]) + (1, gather_at.shape[1]), dtype="i64")
+    # the position of element k of window o: base(o) + offset(k)
+    offset = (flat[:, 0] - flat[0, 0]).astype(np.int64)
+    positions = ctx.op("add", ctx.op("tract_core_gather", ctx.const(offset, "pool_offsets"),
+                                     first, axis=0, shape=first.shape, dtype="i64"),
+                       ctx.const(flat[0].astype(np.int64).reshape((1,) * (lead + 1) + (-1,)),
+                                 "pool_bases"), shape=first.shape, dtype="i64")
+    positions = ctx.op("squeeze", positions, axes=[lead],
+                       shape=tuple(x.shape[:lead]) + (flat.shape[1],), dtype="i64")
+    return values, ctx.op("reshape", positions, out, axis_start=lead, axis_count=1,
+                          shape=ctx.out[1].shape, dtype="i64")
 
 
 def _max_pool(ctx, n, x, kernel_size, stride, padding, dilation, ceil_mode, out):
@@ -72,8 +121,7 @@ def max_pool1d(ctx, self, kernel_size, stride=(), padding=0, dilation=1, ceil_mo
 def max_pool1d_with_indices(ctx, self, kernel_size, stride=(), padding=0, dilation=1,
                             ceil_mode=False):
     """max_pool1d_with_indices(Tensor self, int[1] kernel_size, int[1] stride=[], int[1] padding=[0], int[1] dilation=[1], bool ceil_mode=False) -> (Tensor, Tensor)"""  # noqa: E501
-    return _values_only(ctx, _max_pool(ctx, 1, self, kernel_size, stride, padding, dilation,
-                                       ceil_mode, ctx.out[0]))
+    return _with_indices(ctx, 1, self, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 @translates(aten.max_pool2d.default)
@@ -92,16 +140,14 @@ def max_pool3d(ctx, self, kernel_size, stride=(), padding=0, dilation=1, ceil_mo
 def max_pool3d_with_indices(ctx, self, kernel_size, stride=(), padding=0, dilation=1,
                             ceil_mode=False):
     """max_pool3d_with_indices(Tensor self, int[3] kernel_size, int[3] stride=[], int[3] padding=0, int[3] dilation=1, bool ceil_mode=False) -> (Tensor, Tensor)"""  # noqa: E501
-    return _values_only(ctx, _max_pool(ctx, 3, self, kernel_size, stride, padding, dilation,
-                                       ceil_mode, ctx.out[0]))
+    return _with_indices(ctx, 3, self, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 @translates(aten.max_pool2d_with_indices.default)
 def max_pool2d_with_indices(ctx, self, kernel_size, stride=(), padding=0, dilation=1,
                             ceil_mode=False):
     """max_pool2d_with_indices(Tensor self, int[2] kernel_size, int[2] stride=[], int[2] padding=0, int[2] dilation=1, bool ceil_mode=False) -> (Tensor, Tensor)"""  # noqa: E501
-    return _values_only(ctx, _max_pool(ctx, 2, self, kernel_size, stride, padding, dilation,
-                                       ceil_mode, ctx.out[0]))
+    return _with_indices(ctx, 2, self, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def _avg_pool(ctx, n, x, kernel_size, stride, padding, ceil_mode, count_include_pad,

@@ -1,6 +1,7 @@
 """Reshaping, axis moves, slicing, joining and splitting, and dtype conversions."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from t2n.errors import TranslationError
@@ -300,3 +301,52 @@ def diff(ctx, self, n=1, dim=-1, prepend=None, append=None):
         x = ctx.op("tract_core_xor" if op == "ne" else "sub", head, tail, shape=shorter,
                    dtype=x.dtype)
     return x
+
+
+# -- strided views ---------------------------------------------------------------------------
+@translates(aten.diagonal.default, aten.diagonal_copy.default, aten.linalg_diagonal.default)
+def diagonal(ctx, self, offset=0, dim1=0, dim2=1):
+    """diagonal(Tensor(a) self, int offset=0, int dim1=0, int dim2=1) -> Tensor(a)"""
+    rank = self.rank
+    a, b = axis(dim1, rank), axis(dim2, rank)
+    rows, cols = _static(self.shape[a], "diagonal"), _static(self.shape[b], "diagonal")
+    length = ctx.out.shape[-1]
+    if length == 0:
+        raise TranslationError(f"diagonal with offset {offset} of a {rows}x{cols} matrix is "
+                               "empty", "tract has no empty tensors: choose an offset inside")
+    perm = [i for i in range(rank) if i not in (a, b)] + [a, b]
+    x = self if perm == list(range(rank)) else ctx.op(
+        "transpose", self, axes=perm, shape=tuple(self.shape[i] for i in perm), dtype=self.dtype)
+    # the two axes as one of rows * cols: the diagonal is every (cols + 1)-th element from
+    # the offset's first one, gathered (tract 0.23.9's optimiser fails on a strided slice
+    # after this reshape: "Invalid axis")
+    flat = ctx.op("reshape", x, [rows * cols], axis_start=rank - 2, axis_count=2,
+                  shape=tuple(x.shape[:-2]) + (rows * cols,), dtype=x.dtype)
+    start = offset if offset >= 0 else -offset * cols
+    index = ctx.const(start + np.arange(length, dtype=np.int64) * (cols + 1), "diagonal")
+    return ctx.op("tract_core_gather", flat, index, axis=rank - 2, shape=ctx.out.shape,
+                  dtype=self.dtype)
+
+
+@translates(aten.as_strided.default, aten.as_strided_copy.default)
+def as_strided(ctx, self, size, stride, storage_offset=None):
+    """as_strided(Tensor(a) self, SymInt[] size, SymInt[] stride, SymInt? storage_offset=None) -> Tensor(a)
+
+    The graph's tensors are contiguous: the view's elements are gathered from the flattened
+    input at the positions its strides name (static shapes only)."""
+    dims = [_static(s, "as_strided") for s in (*self.shape, *size, *stride)]
+    numel = int(np.prod(dims[:self.rank], dtype=np.int64))
+    positions = np.full(tuple(size), int(storage_offset or 0), dtype=np.int64)
+    for d, (n, step) in enumerate(zip(size, stride)):
+        positions += (np.arange(n, dtype=np.int64) * step).reshape(
+            [n if i == d else 1 for i in range(len(size))])
+    if positions.size == 0 or positions.min() < 0 or positions.max() >= numel:
+        raise TranslationError(f"as_strided(size={list(size)}, stride={list(stride)}) reads "
+                               f"outside the input's {numel} elements or nothing",
+                               "use a view inside the tensor")
+    flat = self if self.rank == 1 else ctx.op("reshape", self, attrs={"shape": [numel]},
+                                              shape=(numel,), dtype=self.dtype)
+    index = ctx.const(positions if positions.ndim else positions.reshape(1), "strided")
+    out = ctx.op("tract_core_gather", flat, index, axis=0,
+                 shape=tuple(size) if size else (1,), dtype=self.dtype)
+    return out if size else ctx.op("squeeze", out, axes=[0], shape=(), dtype=self.dtype)
