@@ -90,17 +90,19 @@ def _linear_attention_layer():
     return LinearAttentionLayer
 
 
-def state_layer(conv_state: torch.Tensor, recurrent_state: torch.Tensor, layer=None):
+def state_layer(conv_state: torch.Tensor, recurrent_state: torch.Tensor | None, layer=None):
     """A transformers linear-attention cache layer holding the given states, as after a
     previous call (``has_previous_state``); the forms below replace them by assignment.
     ``layer``: a new linear-attention layer to fill (a hybrid one holding keys and values);
-    None for a new LinearAttentionLayer."""
+    None for a new LinearAttentionLayer. A convolution-only layer (LFM2) has no recurrent
+    state (None)."""
     if layer is None:
         layer = _linear_attention_layer()()
         layer.dtype, layer.device = conv_state.dtype, conv_state.device
     layer.conv_states[0], layer.recurrent_states[0] = conv_state, recurrent_state
     layer.conv_kernel_size[0] = conv_state.shape[-1]
-    layer.is_conv_states_initialized[0] = layer.is_recurrent_states_initialized[0] = True
+    layer.is_conv_states_initialized[0] = True
+    layer.is_recurrent_states_initialized[0] = recurrent_state is not None
     layer.has_previous_state[0] = True
     layer.t2n_state_layer = True
     return layer
@@ -127,7 +129,8 @@ def _store(cache, layer_idx: int, conv_state, recurrent_state, tokens):
     layer = cache.layers[layer_idx]
     layer.conv_states[0], layer.recurrent_states[0] = conv_state, recurrent_state
     layer.conv_kernel_size[0] = conv_state.shape[-1]
-    layer.is_conv_states_initialized[0] = layer.is_recurrent_states_initialized[0] = True
+    layer.is_conv_states_initialized[0] = True
+    layer.is_recurrent_states_initialized[0] = recurrent_state is not None
     layer.has_previous_state[0] = True
     if layer.dtype is None:
         layer.dtype, layer.device = conv_state.dtype, conv_state.device
@@ -181,6 +184,18 @@ def _mamba(self, hidden_states, cache, attention_mask, normed):
     y = y * F.silu(gate.transpose(1, 2).float())
     _store(cache, self.layer_idx, conv_state, ssm_state.squeeze(1), length)
     return self.out_proj(y.to(dtype))
+
+
+# -- LFM2's gated short convolution --------------------------------------------------------
+def _short_conv_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+    """Lfm2ShortConv: in_proj -> (B, C, x) along channels; the causal depthwise conv of B x
+    after the conv state; gated by C; out_proj. No recurrent state."""
+    conv_state, _ = _states(cache, self.layer_idx)
+    projected = self.in_proj(_masked(hidden_states, attention_mask)).transpose(-1, -2)
+    B, C, x = projected.chunk(3, dim=-2)
+    y, conv_state = causal_conv(self.conv, B * x, conv_state)
+    _store(cache, self.layer_idx, conv_state, None, hidden_states.shape[1])
+    return self.out_proj((C * y).transpose(-1, -2).contiguous())
 
 
 # -- Mamba-2 -------------------------------------------------------------------------------
@@ -269,6 +284,8 @@ _MAMBA2 = _Form(_mamba2_forward, ("in_proj", "conv1d", "act", "norm", "dt_bias",
 _FALCON_H1 = _Form(_falcon_h1_forward, tuple(a for a in _MAMBA2.attributes if a != "norm")
                    + ("norm", "mamba_rms_norm", "ssm_in_multiplier", "mup_vector"))
 
+_SHORT_CONV = _Form(_short_conv_forward, ("in_proj", "conv", "out_proj", "layer_idx"))
+
 _MODELS = "transformers.models"
 # exact classes whose forward was read and whose form is compared with it in tests/test_ssm.py
 SSM_MIXERS: dict[str, _Form] = {
@@ -283,6 +300,9 @@ SSM_MIXERS: dict[str, _Form] = {
         ("nemotron_h", "NemotronHMamba2Mixer", _MAMBA2),
         ("zamba2", "Zamba2MambaMixer", _MAMBA2),
         ("falcon_h1", "FalconH1Mixer", _FALCON_H1),
+        # convolution-only state (a conv state, no scan)
+        ("lfm2", "Lfm2ShortConv", _SHORT_CONV),
+        ("lfm2_moe", "Lfm2MoeShortConv", _SHORT_CONV),
     )}
 
 

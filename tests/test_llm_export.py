@@ -144,6 +144,14 @@ ARCHS.update({
         layers_block_type=["mamba", "attention"], mamba_num_heads=8, mamba_head_dim=16,
         ssm_state_size=16, n_groups=2, chunk_size=4,
         **{k: v for k, v in COMMON.items() if k != "num_hidden_layers"})),
+    # gated short convolutions (a conv state alone, no scan) around an attention layer;
+    # LFM2-MoE: the same with 4 experts, top-2, after a dense first layer
+    "lfm2": lambda: transformers.Lfm2ForCausalLM(transformers.Lfm2Config(
+        layer_types=["conv", "full_attention", "conv"], conv_bias=True,
+        **{**COMMON, "num_hidden_layers": 3})),
+    "lfm2_moe": lambda: transformers.Lfm2MoeForCausalLM(transformers.Lfm2MoeConfig(
+        layer_types=["conv", "full_attention", "conv"], num_dense_layers=1, num_experts=4,
+        moe_intermediate_size=32, **{**MOE, "num_hidden_layers": 3})),
 })
 
 # mixture-of-experts families built from their default configuration at TINY's sizes, their
@@ -166,7 +174,7 @@ def _model(arch):
 # Llama, one mixture of experts, the Mamba and Mamba-2 families and their hybrids (each a few
 # seconds) run in the default suite; the other architectures with the slow (real-model) tests.
 DEFAULT_SUITE = ("llama", "mixtral_moe", "mamba", "bamba", "falcon_mamba", "jamba", "falcon_h1",
-                 "zamba2")
+                 "zamba2", "lfm2")
 
 
 @pytest.fixture(scope="module", params=[a if a.startswith(DEFAULT_SUITE) else

@@ -27,7 +27,7 @@ from test_llm_export import ARCHS, COMMON, FALCON_H1
 REL = 1e-5
 IDS, OTHER_IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]]), torch.tensor([[9, 60, 11]])
 SSM_ARCHS = ["mamba", "mamba2", "bamba_hybrid", "falcon_mamba", "jamba_hybrid", "falcon_h1",
-             "zamba2_hybrid",
+             "zamba2_hybrid", "lfm2", "lfm2_moe",
              *(pytest.param(a, marks=pytest.mark.slow) for a in ("granitemoehybrid", "nemotron_h"))]
 
 
@@ -111,7 +111,8 @@ def test_look_alikes_and_training_mode_are_left_alone():
         assert "forward" not in mixer.__dict__
 
 
-@pytest.mark.parametrize("arch", ["falcon_mamba", "jamba_hybrid", "falcon_h1", "zamba2_hybrid"])
+@pytest.mark.parametrize("arch", ["falcon_mamba", "jamba_hybrid", "falcon_h1", "zamba2_hybrid",
+                                  "lfm2"])
 def test_look_alike_subclasses_are_left_alone(arch):
     """A subclass of the mixer with the same name and attributes keeps its own forward."""
     model = _model(arch)

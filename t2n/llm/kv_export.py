@@ -22,7 +22,7 @@ from t2n.calibrate.stage import calibration_stage, write_report
 from t2n.compat import cache_argument, warn_untested
 from t2n.errors import OptionError, WriteError
 from t2n.llm.runtime import LLMBundle
-from t2n.llm.wrapper import (ATTENTION, SSM, SYMBOL_MIN, KVCacheLLM, dynamic_axes, empty_past,
+from t2n.llm.wrapper import (ATTENTION, STATE_ONLY, SYMBOL_MIN, KVCacheLLM, dynamic_axes, empty_past,
                              input_names, layout_of, new_cache, output_names, past_from_cache)
 from t2n.options import ExportOptions, resolve_tolerance
 from t2n.pipeline import TORCH_DTYPES, ExportResult, export_loaded, float_copy_for
@@ -181,7 +181,7 @@ def export_llm(model: torch.nn.Module, tokenizer, export_dir, *, dtype=None, com
                 dtype=dtype, f32_attention=f32_attention, f32_norm=f32_norm,
                 f16_arithmetic=f16_arithmetic, dynamic_axes=dynamic_axes(layout),
                 symbol_min={s: v for s, v in SYMBOL_MIN.items()
-                            if s == "S" or set(layout) != {SSM}},   # P: keys/values
+                            if s == "S" or not set(layout) <= set(STATE_ONLY)},  # P: keys
                 input_names=tuple(input_names(layout)),
                 output_names=tuple(output_names(layout)), check_io=None, tgz_level=tgz_level)
             exported = export_loaded(held[0], args, staging / BUNDLE_NAME, export_options,

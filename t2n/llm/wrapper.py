@@ -10,7 +10,8 @@ causal convolution) and the recurrent state (``[batch, channels, N]`` for Mamba,
 ``[batch, heads, head_dim, N]`` for Mamba-2), both of fixed size, replaced at each call;
 their names are ``in_cache_conv_i`` / ``in_cache_ssm_i``. A hybrid layer (a mixer and an
 attention in one transformers layer: FalconH1, Zamba2's shared-attention layers) carries its
-key and value, then its two states. A layout lists each layer's kind.
+key and value, then its two states. A convolution layer (LFM2's gated short convolution)
+carries its conv state alone. A layout lists each layer's kind.
 """
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ from t2n.compat import cache_argument
 from t2n.errors import OptionError
 
 __all__ = ["KVCacheLLM", "input_names", "output_names", "dynamic_axes", "past_from_cache",
-           "layout_of", "empty_past", "ATTENTION", "SSM", "HYBRID"]
+           "layout_of", "empty_past", "ATTENTION", "SSM", "HYBRID", "CONV", "STATE_ONLY"]
 
-ATTENTION, SSM, HYBRID = "attention", "ssm", "hybrid"
+ATTENTION, SSM, HYBRID, CONV = "attention", "ssm", "hybrid", "conv"
 # the cache tensors of each layer kind, by name
 _PARTS = {ATTENTION: ("key", "value"), SSM: ("conv", "ssm"),
-          HYBRID: ("key", "value", "conv", "ssm")}
+          HYBRID: ("key", "value", "conv", "ssm"), CONV: ("conv",)}
+STATE_ONLY = (SSM, CONV)   # kinds with no keys/values (no past-length axis)
 _GROWING = ("key", "value")   # the parts with a past-length axis (2); the others have a fixed size
 
 
@@ -118,7 +120,9 @@ def past_from_cache(cache) -> list[torch.Tensor]:
         if _is_state_layer(layer):
             if _has_keys(layer):
                 out += [layer.keys, layer.values]
-            out += [layer.conv_states[0], layer.recurrent_states[0]]
+            out.append(layer.conv_states[0])
+            if layer.recurrent_states[0] is not None:
+                out.append(layer.recurrent_states[0])
         else:
             out += [layer.keys, layer.values]
     return out
@@ -131,9 +135,13 @@ def layout_of(cache) -> tuple[str, ...]:
     kinds = []
     for i, layer in enumerate(cache.layers):
         if _is_state_layer(layer):
-            if layer.number_of_states != 1 or not all(
-                    isinstance(t, torch.Tensor) for t in (layer.conv_states[0],
-                                                          layer.recurrent_states[0])):
+            if layer.number_of_states != 1 or not isinstance(layer.conv_states[0],
+                                                             torch.Tensor):
+                break
+            if layer.recurrent_states[0] is None and not _has_keys(layer):
+                kinds.append(CONV)
+                continue
+            if not isinstance(layer.recurrent_states[0], torch.Tensor):
                 break
             kinds.append(HYBRID if _has_keys(layer) else SSM)
         elif _has_keys(layer):
@@ -143,9 +151,9 @@ def layout_of(cache) -> tuple[str, ...]:
     else:
         return tuple(kinds)
     raise OptionError(f"cache layer {i} ({type(cache.layers[i]).__name__}) holds neither a "
-                      "[batch, heads, seq, dim] key/value pair nor one conv and one recurrent "
-                      "state", "export_llm supports attention decoders (Llama, Qwen2, Mistral, "
-                      "...), Mamba, Mamba-2 and hybrids of them")
+                      "[batch, heads, seq, dim] key/value pair nor one conv state (and one "
+                      "recurrent state)", "export_llm supports attention decoders (Llama, "
+                      "Qwen2, Mistral, ...), Mamba, Mamba-2, LFM2 and hybrids of them")
 
 
 def new_cache(model) -> DynamicCache:
@@ -205,7 +213,7 @@ class KVCacheLLM(torch.nn.Module):
                             if _has_keys(layer)), None)
         if past_length is not None:
             for layer, kind in zip(cache.layers, layout):
-                if kind == SSM:
+                if kind in STATE_ONLY:
                     layer.cumulative_length_linear = past_length
         kwargs = {"logits_to_keep": self.num_logits_to_keep} if self._keep_kwarg else {}
         kwargs[self._cache_kwarg] = cache
@@ -224,5 +232,7 @@ def _cache_layer(kind: str, tensors: Sequence[torch.Tensor]):
         return _PastLayer(*tensors)
     if kind == SSM:
         return ssm.state_layer(*tensors)
+    if kind == CONV:
+        return ssm.state_layer(tensors[0], None)
     keys, values, conv_state, recurrent_state = tensors
     return ssm.state_layer(conv_state, recurrent_state, _PastHybridLayer(keys, values))
