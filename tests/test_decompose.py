@@ -141,6 +141,8 @@ DIRECT = {
     "cdist_inf": (lambda x, y: torch.cdist(x, y, p=float("inf")), (X2, X2[:2])),
     "hypot": (lambda x: torch.hypot(x, x.flip(1)), (X2,)),
     "isnan": (lambda x: torch.isnan(torch.log(x)).float(), (X2,)),
+    "bitwise_scalars": (lambda x: ((x & 6) | 1) ^ 3, (torch.arange(-6, 6).reshape(3, 4),)),
+    "bool_scalars": (lambda x: ((x > 0) & True) ^ True, (X2,)),
     "shifts": (lambda x: (x << 2) >> 1, (torch.arange(-6, 6).reshape(3, 4),)),
     "shift_by_tensor": (lambda x: (x >> torch.tensor([1, 2, 0, 3])) + (x << torch.tensor(
         [0, 1, 2, 3])), (torch.arange(-6, 6).reshape(3, 4),)),

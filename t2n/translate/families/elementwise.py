@@ -165,19 +165,22 @@ for _name, _op in _COMPARISONS.items():
     translates(_fn.Tensor, _fn.Scalar)(_comparison(_op))
 
 
-@translates(aten.logical_and.default, aten.__and__.Tensor, aten.bitwise_and.Tensor)
+@translates(aten.logical_and.default, aten.__and__.Tensor, aten.bitwise_and.Tensor,
+            aten.__and__.Scalar, aten.bitwise_and.Scalar)
 def logical_and(ctx, self, other):
     """logical_and(Tensor self, Tensor other) -> Tensor"""
     return _logic(ctx, BOOL_AND, "tract_core_bitand", self, other)
 
 
-@translates(aten.logical_or.default, aten.__or__.Tensor, aten.bitwise_or.Tensor)
+@translates(aten.logical_or.default, aten.__or__.Tensor, aten.bitwise_or.Tensor,
+            aten.__or__.Scalar, aten.bitwise_or.Scalar)
 def logical_or(ctx, self, other):
     """logical_or(Tensor self, Tensor other) -> Tensor"""
     return _logic(ctx, "or", "tract_core_bitor", self, other)
 
 
-@translates(aten.logical_xor.default, aten.__xor__.Tensor, aten.bitwise_xor.Tensor)
+@translates(aten.logical_xor.default, aten.__xor__.Tensor, aten.bitwise_xor.Tensor,
+            aten.__xor__.Scalar, aten.bitwise_xor.Scalar)
 def logical_xor(ctx, self, other):
     """logical_xor(Tensor self, Tensor other) -> Tensor"""
     return _logic(ctx, "tract_core_xor", "tract_core_bitxor", self, other)
