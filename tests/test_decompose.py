@@ -139,6 +139,7 @@ DIRECT = {
     "cdist_p1": (lambda x, y: torch.cdist(x, y, p=1), (X2, X2.flip(0)[:3])),
     "cdist_p3": (lambda x, y: torch.cdist(x, y, p=3), (X2, X2.flip(0)[:3])),
     "cdist_inf": (lambda x, y: torch.cdist(x, y, p=float("inf")), (X2, X2[:2])),
+    "pdist": (lambda x: F.pdist(x) + F.pdist(x, p=1).sum(), (X2,)),
     "hypot": (lambda x: torch.hypot(x, x.flip(1)), (X2,)),
     "isnan": (lambda x: torch.isnan(torch.log(x)).float(), (X2,)),
     "bitwise_scalars": (lambda x: ((x & 6) | 1) ^ 3, (torch.arange(-6, 6).reshape(3, 4),)),

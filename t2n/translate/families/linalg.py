@@ -1,6 +1,8 @@
 """Linear layers and matrix products."""
 from __future__ import annotations
 
+import numpy as np
+
 from t2n.errors import TranslationError
 from t2n.translate.context import Value
 from t2n.translate.families._common import operand
@@ -227,6 +229,26 @@ def _spelled_out(expr: str, ranks: list[int]) -> str:
 @translates(aten._cdist_forward.default)
 def cdist(ctx, x1, x2, p, compute_mode=None):
     """_cdist_forward(Tensor x1, Tensor x2, float p, int? compute_mode) -> Tensor"""
+    return _distances(ctx, x1, x2, p, ctx.out.shape)
+
+
+@translates(aten._pdist_forward.default)
+def pdist(ctx, self, p=2.0):
+    """_pdist_forward(Tensor self, float p=2) -> Tensor
+
+    The distances of every pair of rows i < j, row-major: the full [N, N] distance matrix,
+    flattened, gathered at its upper triangle (static N)."""
+    n = self.shape[0]
+    if not isinstance(n, int) or n < 2:
+        raise TranslationError(f"pdist of {n} rows", "give a static number of rows, 2 or more")
+    full = _distances(ctx, self, self, p, (n, n))
+    flat = ctx.op("reshape", full, attrs={"shape": [n * n]}, shape=(n * n,), dtype=full.dtype)
+    rows, cols = np.triu_indices(n, 1)
+    return ctx.op("tract_core_gather", flat, ctx.const((rows * n + cols).astype(np.int64),
+                                                       "pairs"), axis=0)
+
+
+def _distances(ctx, x1, x2, p, out_shape):
     dtype = ctx.out.dtype
     a, b = operand(ctx, x1, dtype), operand(ctx, x2, dtype)
     rank = max(a.rank, b.rank)
@@ -259,4 +281,4 @@ def cdist(ctx, x1, x2, p, compute_mode=None):
                    operand(ctx, 1.0 / p, dtype), **keep)
     else:
         raise TranslationError(f"cdist with p={p}", "use p >= 0")
-    return ctx.op("squeeze", y, axes=[rank], shape=ctx.out.shape, dtype=dtype)
+    return ctx.op("squeeze", y, axes=[rank], shape=tuple(out_shape), dtype=dtype)
