@@ -117,6 +117,12 @@ def test_the_error_lists_only_ops_that_neither_translate_nor_decompose(tmp_path)
     assert not (tmp_path / "b").exists()
 
 
+def _assign_every_third(x, y):
+    x = x.clone()
+    x[:, 1:6:3] = y
+    return x * 2
+
+
 QUADRANTS = torch.tensor([-2.5, -0.4, 0.0, 0.7, 3.0])
 
 # -- long-tail ops with translators of their own ---------------------------------------------
@@ -139,6 +145,8 @@ DIRECT = {
     "cdist_p1": (lambda x, y: torch.cdist(x, y, p=1), (X2, X2.flip(0)[:3])),
     "cdist_p3": (lambda x, y: torch.cdist(x, y, p=3), (X2, X2.flip(0)[:3])),
     "cdist_inf": (lambda x, y: torch.cdist(x, y, p=float("inf")), (X2, X2[:2])),
+    # interleaved sections (Qwen3.5's rotary): every third position from an offset
+    "strided_slice_assign": (lambda x, y: _assign_every_third(x, y), (X2, X2[:, :2] * 10)),
     "pdist": (lambda x: F.pdist(x) + F.pdist(x, p=1).sum(), (X2,)),
     "hypot": (lambda x: torch.hypot(x, x.flip(1)), (X2,)),
     "isnan": (lambda x: torch.isnan(torch.log(x)).float(), (X2,)),
@@ -213,6 +221,7 @@ def test_exp_log_functions_keep_their_relative_precision_near_zero(fn, tmp_path)
     ("hypot", lambda x: torch.hypot(x, x * 2), (3, 4), 0),
     ("atan2", lambda x: torch.atan2(x, x.flip(1) - 0.5), (3, 4), 0),
     ("diagonal", lambda x: torch.diagonal(x, 1, 1, 2), (2, 4, 5), 0),
+    ("strided_slice_assign", lambda x: _assign_every_third(x, x[:, :2] + 1), (3, 6), 0),
     ("max_pool_indices", lambda x: F.max_pool2d(x, 2, return_indices=True)[1], (2, 3, 6, 6), 0),
     ("einsum", lambda x: torch.einsum("...i,...i->...", x, x), (5, 4), 0),
 ])

@@ -246,11 +246,11 @@ def _bound(value, size, default):
 @translates(aten.slice_scatter.default)
 def slice_scatter(ctx, self, src, dim=0, start=None, end=None, step=1):
     """slice_scatter(Tensor self, Tensor src, int dim=0, SymInt? start=None, SymInt? end=None, SymInt step=1) -> Tensor"""
-    if step != 1:
-        raise TranslationError(f"slice_scatter with step {step}", "assign a contiguous slice")
     d = axis(dim, self.rank)
     size = self.shape[d]
     begin, stop = _bound(start, size, 0), _bound(end, size, size)
+    if step != 1:
+        return _strided_scatter(ctx, self, src, d, begin, step)
     parts = [operand(ctx, src, self.dtype)]
     if begin != 0:
         parts.insert(0, slice_axis(ctx, self, d, 0, begin, shape=_with(self.shape, d, begin)))
@@ -258,6 +258,25 @@ def slice_scatter(ctx, self, src, dim=0, start=None, end=None, step=1):
         parts.append(slice_axis(ctx, self, d, stop, size,
                                 shape=_with(self.shape, d, dim_sub(size, stop))))
     return parts[0] if len(parts) == 1 else ctx.op("concat", parts, axis=d)
+
+
+def _strided_scatter(ctx, self, src, d: int, begin, step: int):
+    """slice_scatter with a step (interleaved rotary sections): along the static axis ``d``,
+    every step-th position from ``begin`` takes the next row of ``src``: ``src`` gathered to
+    the axis' length, then selected by a constant mask."""
+    size, count = self.shape[d], src.shape[d]
+    if not all(isinstance(v, int) for v in (size, count, begin)):
+        raise TranslationError(f"slice_scatter with step {step} along a dynamic axis",
+                               "make that axis static")
+    positions = begin + step * np.arange(count)
+    row = np.zeros(size, dtype=np.int64)
+    row[positions] = np.arange(count)
+    taken = np.zeros(size, dtype=bool)
+    taken[positions] = True
+    spread = ctx.op("tract_core_gather", operand(ctx, src, self.dtype), ctx.const(row, "rows"),
+                    axis=d, **ctx.like(self))
+    mask = ctx.const(taken.reshape([size if i == d else 1 for i in range(self.rank)]), "taken")
+    return ctx.op("select", mask, spread, self)
 
 
 @translates(aten.select_scatter.default)
