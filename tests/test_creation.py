@@ -114,7 +114,31 @@ def test_filled_f16(tmp_path):
     assert_bundle_matches(fn, (torch.randn(2, 3),), tmp_path, dtype="f16", tolerance="exact")
 
 
+def _circular_pad(x):
+    """torch's circular pad, as its decomposition writes it: slices assigned into an empty."""
+    out = torch.empty(x.shape[0], x.shape[1], x.shape[2] + 3)
+    out[..., 1:6] = x
+    out[..., :1] = out[..., 5:6]
+    out[..., 6:] = out[..., 1:3]
+    return out
+
+
+def _reads_a_slice_of_empty(x):
+    out = torch.empty(2, 4)
+    kept = out[:, :1] * 1          # read before any write: uninitialized
+    out[:, 1:] = x
+    return out[:, 1:] + kept
+
+
+def test_empty_filled_by_slice_assignments(tmp_path):
+    assert_bundle_matches(Lambda(_circular_pad), (torch.randn(1, 2, 5),), tmp_path,
+                          tolerance="exact")
+
+
 def test_empty_read_is_refused(tmp_path):
+    with pytest.raises(T2NError, match="torch.empty"):
+        assert_bundle_matches(Lambda(_reads_a_slice_of_empty), (torch.randn(2, 3),),
+                              tmp_path / "slice")
     with pytest.raises(T2NError, match="torch.empty"):
         assert_bundle_matches(Lambda(lambda x: torch.empty(2, 3) * 0 + x), (torch.randn(2, 3),),
                               tmp_path)

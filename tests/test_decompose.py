@@ -148,6 +148,7 @@ DIRECT = {
     # interleaved sections (Qwen3.5's rotary): every third position from an offset
     "strided_slice_assign": (lambda x, y: _assign_every_third(x, y), (X2, X2[:, :2] * 10)),
     "pdist": (lambda x: F.pdist(x) + F.pdist(x, p=1).sum(), (X2,)),
+    "pdist_one_row": (lambda x: F.pdist(x[:1]), (X2,)),   # no pair: an empty result
     "hypot": (lambda x: torch.hypot(x, x.flip(1)), (X2,)),
     "isnan": (lambda x: torch.isnan(torch.log(x)).float(), (X2,)),
     "bitwise_scalars": (lambda x: ((x & 6) | 1) ^ 3, (torch.arange(-6, 6).reshape(3, 4),)),

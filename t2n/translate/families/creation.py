@@ -149,8 +149,21 @@ def empty(ctx, size, dtype=None, layout=None, device=None, pin_memory=None,
           memory_format=None):
     """empty.memory_format(SymInt[] size, *, ScalarType? dtype=None, Layout? layout=None, Device? device=None, bool? pin_memory=None, MemoryFormat? memory_format=None) -> Tensor"""
     users = list(ctx.node.users)
-    if not users or any(u.target not in _OVERWRITES or u.args[0] is not ctx.node
-                        for u in users):
+    if not users or not all(_writes_into(u, ctx.node) for u in users):
         raise TranslationError("torch.empty whose uninitialized values are read",
                                "create it with torch.zeros, or fill it before use")
     return _filled(ctx, 0)
+
+
+def _writes_into(user, node) -> bool:
+    """Whether ``user`` of an empty tensor only writes into it: an overwrite, a functional
+    slice/select scatter into it (the rest kept, written by later scatters: a pad's
+    decomposition), or a slice of it whose only use is to be overwritten by a copy."""
+    if user.args[0] is not node:
+        return False
+    if user.target in _OVERWRITES or user.target in (aten.slice_scatter.default,
+                                                     aten.select_scatter.default):
+        return True
+    return user.target is aten.slice.Tensor and bool(user.users) and all(
+        u.target in (aten.copy.default, aten.copy_.default) and u.args[0] is user
+        for u in user.users)

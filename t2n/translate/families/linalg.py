@@ -239,8 +239,8 @@ def pdist(ctx, self, p=2.0):
     The distances of every pair of rows i < j, row-major: the full [N, N] distance matrix,
     flattened, gathered at its upper triangle (static N)."""
     n = self.shape[0]
-    if not isinstance(n, int) or n < 2:
-        raise TranslationError(f"pdist of {n} rows", "give a static number of rows, 2 or more")
+    if not isinstance(n, int) or n < 1:
+        raise TranslationError(f"pdist of {n} rows", "give a static number of rows")
     full = _distances(ctx, self, self, p, (n, n))
     flat = ctx.op("reshape", full, attrs={"shape": [n * n]}, shape=(n * n,), dtype=full.dtype)
     rows, cols = np.triu_indices(n, 1)
