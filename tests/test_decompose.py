@@ -147,6 +147,10 @@ DIRECT = {
     "cdist_inf": (lambda x, y: torch.cdist(x, y, p=float("inf")), (X2, X2[:2])),
     # interleaved sections (Qwen3.5's rotary): every third position from an offset
     "strided_slice_assign": (lambda x, y: _assign_every_third(x, y), (X2, X2[:, :2] * 10)),
+    # a causal mask from two index vectors, selected (XGLM's and BLOOM's eager attention)
+    "where_index_mask": (lambda x: x + torch.where(
+        torch.arange(x.shape[1])[None, :] <= torch.arange(x.shape[0])[:, None],
+        torch.zeros(()), -1e9), (torch.randn(5, 5, generator=_g()),)),
     "pdist": (lambda x: F.pdist(x) + F.pdist(x, p=1).sum(), (X2,)),
     "pdist_one_row": (lambda x: F.pdist(x[:1]), (X2,)),   # no pair: an empty result
     "hypot": (lambda x: torch.hypot(x, x.flip(1)), (X2,)),
@@ -223,6 +227,10 @@ def test_exp_log_functions_keep_their_relative_precision_near_zero(fn, tmp_path)
     ("atan2", lambda x: torch.atan2(x, x.flip(1) - 0.5), (3, 4), 0),
     ("diagonal", lambda x: torch.diagonal(x, 1, 1, 2), (2, 4, 5), 0),
     ("strided_slice_assign", lambda x: _assign_every_third(x, x[:, :2] + 1), (3, 6), 0),
+    ("where_index_mask", lambda x: x + torch.where(torch.arange(x.shape[0])[None, :]
+                                                  <= torch.arange(x.shape[0])[:, None],
+                                                  torch.zeros(()), -1.0).sum(1, keepdim=True),
+     (5, 4), 0),
     ("max_pool_indices", lambda x: F.max_pool2d(x, 2, return_indices=True)[1], (2, 3, 6, 6), 0),
     ("einsum", lambda x: torch.einsum("...i,...i->...", x, x), (5, 4), 0),
 ])

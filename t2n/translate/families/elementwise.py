@@ -151,9 +151,19 @@ def minimum(ctx, self, other):
 _COMPARISONS = {"eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge"}
 
 
+_ORDERINGS = ("lt", "le", "gt", "ge")
+_INTEGERS = ("i64", "i32", "i16", "i8", "u8")
+
+
 def _comparison(op):
     def compare(ctx, self, other):
         x, y = same_dtype(ctx, self, other, dtype=promote(self, other))
+        if op in _ORDERINGS and x.dtype in _INTEGERS and x.rank and y.rank:
+            # two index vectors compared: as their difference against 0 (tract 0.23.9's
+            # optimiser gives select(le(range, range), ...) a wrong shape over a symbolic
+            # length: XGLM's, BLOOM's causal masks)
+            like = {"shape": ctx.out.shape, "dtype": x.dtype}
+            return ctx.op(op, ctx.op("sub", x, y, **like), operand(ctx, 0, x.dtype))
         return ctx.op(op, x, y)
     compare.__name__ = op
     compare.__doc__ = f"{op}.Tensor(Tensor self, Tensor other) -> Tensor"
