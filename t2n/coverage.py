@@ -22,6 +22,7 @@ are listed apart (``not measured``), with what the registry and torch's tables s
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import warnings
@@ -67,6 +68,12 @@ class Coverage:
             if s.core == core:
                 out[s.status] += 1
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _core_overloads() -> frozenset:
+    """The Core ATen overloads as a set, scanned once per process (every sample asks)."""
+    return frozenset(core_aten_ops().values())
 
 
 def core_aten_ops() -> dict:
@@ -188,8 +195,7 @@ def _core_outcome(module, inputs, folder: Path, seen: set):
     import t2n
     program = torch.export.export(module, inputs, strict=False).run_decompositions()
     ops = _graph_ops(program)
-    core = set(core_aten_ops().values())
-    if not (ops & core) - seen:
+    if not (ops & _core_overloads()) - seen:
         return None
     try:
         t2n.export(_Unlifted(program.module()), inputs, folder / "core",

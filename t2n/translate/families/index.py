@@ -317,10 +317,10 @@ def masked_scatter(ctx, self, mask, source):
         raise TranslationError("masked_scatter over a dynamic axis", "make the axes static")
     n, available = int(np.prod(shape, dtype=np.int64)), int(np.prod(source.shape, dtype=np.int64))
     rank = len(shape)
-    if available == 0:   # nothing to scatter: a mask with no set position
-        return ctx.op("select", broadcast_rank(ctx, operand(ctx, mask, "bool"), rank),
-                      *(broadcast_rank(ctx, operand(ctx, self, ctx.out.dtype), rank),) * 2)
     m = broadcast_rank(ctx, operand(ctx, mask, "bool"), rank)
+    kept = broadcast_rank(ctx, operand(ctx, self, ctx.out.dtype), rank)
+    if available == 0:   # nothing to scatter: a mask with no set position
+        return ctx.op("select", m, kept, kept)
     if tuple(m.shape) != shape:
         m = ctx.op("tract_core_broadcast", m, attrs={"shape": list(shape)}, shape=shape,
                    dtype="bool")
@@ -336,8 +336,7 @@ def masked_scatter(ctx, self, mask, source):
                                            shape=(available,), dtype=src.dtype)
     taken = ctx.op("tract_core_gather", src, rank_of, axis=0, shape=(n,), dtype=src.dtype)
     taken = ctx.op("reshape", taken, attrs={"shape": list(shape)}, shape=shape, dtype=src.dtype)
-    return ctx.op("select", m, taken, broadcast_rank(ctx, operand(ctx, self, ctx.out.dtype),
-                                                    rank))
+    return ctx.op("select", m, taken, kept)
 
 
 # -- reorderings ----------------------------------------------------------------------------

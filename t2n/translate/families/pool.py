@@ -44,11 +44,15 @@ def _ceil_extra(size, out, k, s, p, d):
                            "make the pooled axes static or use ceil_mode=False")
 
 
+def _indices_unused(ctx) -> bool:
+    """Whether no user of a (values, indices) pooling node reads its indices."""
+    return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users)
+               for u in ctx.node.users)
+
+
 def _values_only(ctx, values):
     """(values, indices) of a max pooling whose indices must be unused."""
-    for user in ctx.node.users:
-        if user.target is operator.getitem and (user.args[1] == 0 or not user.users):
-            continue
+    if not _indices_unused(ctx):
         raise TranslationError("the indices output of adaptive max pooling is not supported",
                                "use return_indices=False")
     return values, None
@@ -60,8 +64,7 @@ def _with_indices(ctx, n, x, kernel_size, stride, padding, dilation, ceil_mode):
     flattened plane (padding and ceil_mode overhang read the dtype's lowest value), the first
     maximum's place in the window by argmax, turned into a position by two constant tables."""
     values = _max_pool(ctx, n, x, kernel_size, stride, padding, dilation, ceil_mode, ctx.out[0])
-    if all(u.target is operator.getitem and (u.args[1] == 0 or not u.users)
-           for u in ctx.node.users):
+    if _indices_unused(ctx):
         return values, None
     sizes, out = list(x.shape[-n:]), list(ctx.out[1].shape[-n:])
     if not all(isinstance(d, int) for d in (*sizes, *out)):
