@@ -98,3 +98,52 @@ def test_rank0_constant_and_input(tmp_path):
         def forward(self, x, s):
             return x * self.scale + s
     assert_bundle_matches(M(), (torch.randn(2, 3), torch.tensor(0.5)), tmp_path)
+
+
+# -- sizes computed from a dynamic axis: modulo, min, max ------------------------------------
+def _chunk_padded(x):
+    """Chunked linear attention's padding: the token axis up to a multiple of 64
+    (Mod(64 - Mod(S, 64), 64), which tract's own division would get wrong if written as is)."""
+    pad = (64 - x.shape[1] % 64) % 64
+    return torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(x.shape[0], -1, 64, 5).sum(2)
+
+
+SIZE_EXPRESSIONS = {
+    "mod_chunk_padding": _chunk_padded,
+    "mod_remainder": lambda x: x[:, : x.shape[1] % 4 + 1] * 2,   # S >= 4 below: no clamping
+    # Min(4, S): which side wins depends on S, so tract's min() is written
+    "min_undecided": lambda x: x[:, : min(4, x.shape[1])] + 1,
+    # Max(0, 1 - S) is 0 for every S torch allows (S >= 2): written as 0
+    "max_decided": lambda x: x[:, max(0, 1 - x.shape[1]):] * 3,
+}
+
+
+@pytest.mark.parametrize("name", SIZE_EXPRESSIONS)
+def test_size_expressions_over_dynamic_axis(name, tmp_path):
+    sizes = (4, 5, 63, 64, 65, 130) if name == "mod_remainder" else (2, 3, 4, 5, 64, 65, 130)
+    others = [torch.randn(2, s, 5) for s in sizes]
+    assert_bundle_matches(Lambda(SIZE_EXPRESSIONS[name]), (torch.randn(2, 9, 5),), tmp_path,
+                          dynamic_axes={"input_0": {1: "S"}}, other_args=others)
+
+
+def test_modulo_written_with_positive_terms():
+    import sympy
+
+    from t2n.translate.engine import _positive_residue
+    from torch.utils._sympy.functions import Mod
+    s = sympy.Symbol("s0", integer=True, positive=True)
+    assert _positive_residue(64 - Mod(s, 64), 64) == 63 * s
+    assert _positive_residue(3 * s - 130, 64) == 3 * s + 62
+    assert _positive_residue(Mod(s, 32), 64) == Mod(s, 32)   # 32 does not divide by 64
+
+
+def test_symbolic_pad_other_than_constant_is_refused(tmp_path):
+    import t2n
+    from t2n.errors import TranslationError
+
+    def reflect(x):   # a reflection needs the pad sizes as literals: refused, not guessed
+        return torch.nn.functional.pad(x, (0, (4 - x.shape[2] % 4) % 4), mode="reflect")
+    with pytest.raises(TranslationError, match="symbolic pad sizes"):
+        t2n.export(Lambda(reflect), (torch.randn(2, 5, 9),), tmp_path / "b",
+                   dynamic_axes={"input_0": {2: "S"}})
+    assert not (tmp_path / "b").exists()

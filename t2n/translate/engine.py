@@ -59,8 +59,9 @@ def torch_dtype_name(dtype: torch.dtype) -> str:
 class _Dims:
     """Turns torch symbolic sizes into tract integer expressions over named symbols."""
 
-    def __init__(self, names: dict[str, str]):
+    def __init__(self, names: dict[str, str], ranges=None):
         self.names = names  # sympy symbol name (s41) -> tract symbol (S)
+        self.ranges = dict(ranges or {})  # sympy symbol -> torch's ValueRanges for it
 
     def __call__(self, value):
         if isinstance(value, (int, bool)):
@@ -96,8 +97,57 @@ class _Dims:
             return f"({self.expr(e.args[0])} / {self.expr(e.args[1])})"
         if isinstance(e, sympy.Pow) and e.args[1].is_Integer and int(e.args[1]) > 0:
             return "(" + " * ".join([self.expr(e.args[0])] * int(e.args[1])) + ")"
+        if name in ("Mod", "PythonMod") and e.args[1].is_Integer and int(e.args[1]) > 0:
+            b = int(e.args[1])
+            a = _positive_residue(e.args[0], b)
+            if a.is_Integer:
+                return str(int(a) % b)
+            if self._lower(a) >= 0:
+                # a size modulo a constant (chunk padding) as a - b * (a / b): tract's division
+                # of sizes is floor division, right when no term of a is negative (tract splits
+                # a quotient over a sum's terms)
+                a = self.expr(a)
+                return f"({a} - {b} * ({a} / {b}))"
+        if name in ("Max", "Min"):
+            chosen = self._extreme(e)
+            if chosen is not None:
+                return self.expr(chosen)
+            return f"{name.lower()}(" + ", ".join(self.expr(a) for a in e.args) + ")"
         raise TranslationError(f"size expression {e} cannot be written for tract",
                                "make that axis static or report the model")
+
+
+    def _lower(self, e):
+        from torch.utils._sympy.value_ranges import bound_sympy
+        return bound_sympy(e, self.ranges).lower
+
+    def _extreme(self, e):
+        """The argument of a Max/Min that the symbols' ranges show is always the result (a
+        slice start ``max(0, 1 - S)`` is 0 for every length torch allowed), or None."""
+        for a in e.args:
+            others = [b for b in e.args if b is not a]
+            diffs = [(a - b) if type(e).__name__ == "Max" else (b - a) for b in others]
+            if all(self._lower(d) >= 0 for d in diffs):
+                return a
+        return None
+
+
+def _positive_residue(a, b: int):
+    """An expression congruent to ``a`` modulo ``b`` whose terms all have positive
+    coefficients: an inner ``Mod(x, k*b)`` becomes x, each coefficient and the constant are
+    taken modulo b (sizes are integers, so -x and (b - 1) * x leave the same remainder)."""
+    import sympy
+    a = a.replace(lambda x: type(x).__name__ in ("Mod", "PythonMod") and x.args[1].is_Integer
+                  and int(x.args[1]) % b == 0, lambda x: x.args[0])
+    terms = []
+    for term in sympy.Add.make_args(sympy.expand(a)):
+        coeff, rest = term.as_coeff_Mul()
+        if not coeff.is_Integer:
+            return a
+        coeff = int(coeff) % b
+        if coeff:
+            terms.append(coeff * rest)
+    return sympy.Add(*terms) if terms else sympy.Integer(0)
 
 
 def node_location(node) -> str:
@@ -215,7 +265,7 @@ def translate(program: ExportedProgram, *, input_names: list[str] | None = None,
                                f"give one name per input: {[n.name for n in user_nodes]}")
     user_name = {n.name: (names[i] if names else n.name) for i, n in enumerate(user_nodes)}
     dims = _Dims(_symbol_names(program, {user_name[n.name]: n for n in user_nodes},
-                               dynamic_axes or {}))
+                               dynamic_axes or {}), program.range_constraints)
     graph.symbols = sorted(set(dims.names.values()))
     state = program.state_dict
     constants = program.constants

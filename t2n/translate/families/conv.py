@@ -123,9 +123,9 @@ def _convolution(ctx, input, weight, bias, stride, padding, dilation, transposed
 
 
 # -- padding --------------------------------------------------------------------------------
-def _pairs(pad, rank: int) -> list:
+def _pairs(pad, rank: int, symbolic: bool = False) -> list:
     """torch's flat pad list (last axis first) as one (before, after) pair per axis."""
-    if not all(is_static(p) for p in pad):
+    if not symbolic and not all(is_static(p) for p in pad):
         raise TranslationError("symbolic pad sizes", "use constant pad sizes")
     pairs = [(0, 0)] * rank
     for i in range(len(pad) // 2):
@@ -172,8 +172,35 @@ def _circular(ctx, x, pairs):
     return x
 
 
+def _symbolic_pad(ctx, x, pairs, value):
+    """Constant padding whose sizes follow a dynamic axis (a sequence padded up to a multiple
+    of a chunk length): tract's pad takes literal sizes, so each such axis is a concat with
+    filled blocks of those sizes (a size that came out negative fails in tract, never silently)."""
+    fill = operand(ctx, _pad_value(value or 0.0), x.dtype)
+    for ax, (before, after) in enumerate(pairs):
+        if is_static(before) and is_static(after):
+            continue
+        parts = []
+        for size in (before, after):
+            if is_static(size) and size == 0:
+                parts.append(None)
+                continue
+            shape = list(x.shape)
+            shape[ax] = size
+            parts.append(ctx.op("tract_core_broadcast", fill, attrs={"shape": shape},
+                                shape=tuple(shape), dtype=x.dtype))
+        shape = list(x.shape)
+        shape[ax] = dim_add(dim_add(x.shape[ax], before), after)
+        x = ctx.op("concat", [p for p in (parts[0], x, parts[1]) if p is not None], axis=ax,
+                   shape=tuple(shape), dtype=x.dtype)
+        pairs[ax] = (0, 0)
+    return x
+
+
 def _pad(ctx, x, pad, mode: str, value=None):
-    pairs = _pairs(pad, x.rank)
+    pairs = _pairs(pad, x.rank, symbolic=(mode == "constant"))
+    if not all(is_static(p) for pair in pairs for p in pair):
+        x = _symbolic_pad(ctx, x, pairs, value)
     if mode == "circular":
         return _circular(ctx, x, pairs)
     if mode not in _BORDERS:
@@ -228,3 +255,4 @@ def replication_pad2d(ctx, self, padding):
 def _pad_circular(ctx, self, pad):
     """_pad_circular(Tensor self, SymInt[] pad) -> Tensor"""
     return _pad(ctx, self, pad, "circular")
+
