@@ -207,3 +207,30 @@ def test_cnn_block(tmp_path):
 def test_cnn_block_f16(tmp_path):
     assert_bundle_matches(_cnn_block(), torch.randn(2, 3, 16, 20), tmp_path, dtype="f16",
                           tolerance="very")
+
+
+# fold (aten.col2im), translated directly: name -> (fold keywords, the columns' shape)
+FOLDS = {
+    "plain": (dict(output_size=(6, 5), kernel_size=2), (2, 12, 20)),
+    "stride_pad_dilation": (dict(output_size=(7, 8), kernel_size=(3, 2), stride=2, padding=1,
+                                 dilation=(1, 2)), (2, 18, 16)),
+    "overlapping_unbatched": (dict(output_size=(5, 5), kernel_size=3, padding=1), (27, 25)),
+    "stride_3": (dict(output_size=(9, 7), kernel_size=2, stride=3), (1, 8, 6)),
+}
+
+
+@pytest.mark.parametrize("name", FOLDS)
+def test_fold(name, tmp_path, caplog):
+    kwargs, shape = FOLDS[name]
+    with caplog.at_level("INFO", logger="t2n.translate"):
+        assert_bundle_matches(Lambda(lambda x: F.fold(x, **kwargs)), (torch.randn(*shape),),
+                              tmp_path)
+    assert not any("decomposed" in r.message for r in caplog.records)
+
+
+def test_unfold_then_fold_is_identity_times_overlap(tmp_path):
+    def fn(x):
+        cols = F.unfold(x, 3, padding=1)
+        return F.fold(cols, x.shape[-2:], 3, padding=1) / F.fold(
+            torch.ones_like(cols), x.shape[-2:], 3, padding=1)
+    assert_bundle_matches(Lambda(fn), (torch.randn(2, 3, 6, 5),), tmp_path)

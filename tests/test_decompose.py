@@ -32,8 +32,6 @@ WIDE = torch.tensor([1e-6, 1e-4, 1e-2, 0.3, 1.0, 3.0])
 # name -> (fn, inputs, the op decomposed)
 DECOMPOSED = {
     "unfold": (lambda x: F.unfold(x, 3, padding=1), (X4,), aten.im2col.default),
-    "fold": (lambda x: F.fold(x, (4, 4), 2, stride=2), (torch.randn(1, 12, 4, generator=_g()),),
-             aten.col2im.default),
     "cosine_similarity": (lambda x: F.cosine_similarity(x, x.flip(0)), (X2,),
                           aten.cosine_similarity.default),
     "pairwise_distance": (lambda x: F.pairwise_distance(x, x.flip(0)), (X2,),

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import Lambda, assert_bundle_matches
-from t2n.errors import T2NError
+from t2n.errors import T2NError, TranslationError
 
 
 def _perm_rows(rows, n, k):
@@ -324,3 +324,42 @@ def test_repeat_interleave_dynamic(tmp_path):
 def test_one_hot(tmp_path):
     assert_bundle_matches(Lambda(lambda i: F.one_hot(i, 6)), (torch.tensor([[0, 5, 2]]),),
                           tmp_path, tolerance="exact")
+
+
+# -- embedding bags: offsets are inputs, so the same bundle runs other bag layouts ------------
+_BAG_W = torch.randn(10, 3)
+_BAG_IDX = torch.tensor([1, 2, 4, 5, 4, 3, 2, 9])
+BAGS = {
+    "sum": (dict(mode="sum"), [0, 4], [[0, 1], [0, 8], [0, 0]]),
+    "mean_with_empty_bag": (dict(mode="mean"), [0, 3, 3, 6], [[0, 0, 8, 8], [0, 4, 5, 7]]),
+    "max_with_empty_bag": (dict(mode="max"), [0, 3, 3, 6], [[0, 0, 8, 8], [0, 2, 3, 4]]),
+    "include_last_offset": (dict(mode="sum", include_last_offset=True), [0, 3, 6],
+                            [[0, 8, 8], [0, 2, 5]]),
+    "per_sample_weights": (dict(mode="sum", per_sample_weights=torch.linspace(-1, 2, 8)),
+                           [0, 5], [[0, 0], [0, 8]]),
+    "padding_idx_mean": (dict(mode="mean", padding_idx=4), [0, 2, 5], [[0, 4, 6]]),
+    "padding_idx_max": (dict(mode="max", padding_idx=2), [0, 2, 5], [[0, 1, 2]]),
+}
+
+
+@pytest.mark.parametrize("name", BAGS)
+def test_embedding_bag(name, tmp_path):
+    kwargs, offsets, others = BAGS[name]
+    fn = Lambda(lambda i, o: torch.nn.functional.embedding_bag(i, _BAG_W, o, **kwargs))
+    assert_bundle_matches(fn, (_BAG_IDX, torch.tensor(offsets)), tmp_path,
+                          other_args=[(_BAG_IDX.flip(0), torch.tensor(o)) for o in others])
+
+
+def test_embedding_bag_module_2d_and_dynamic_bag_length(tmp_path):
+    bag = torch.nn.EmbeddingBag(10, 4, mode="mean", padding_idx=2)
+    assert_bundle_matches(bag, (torch.tensor([[1, 2, 4], [4, 3, 2], [2, 2, 2]]),), tmp_path,
+                          dynamic_axes={"input": {0: "B"}},
+                          other_args=[torch.tensor([[7, 8, 9], [2, 2, 1]])])
+
+
+def test_embedding_bag_extra_outputs_are_refused(tmp_path):
+    import t2n
+    fn = Lambda(lambda i, o: torch.ops.aten._embedding_bag(_BAG_W, i, o)[2].float())
+    with pytest.raises(TranslationError, match="offset2bag, bag_size"):
+        t2n.export(fn, (_BAG_IDX, torch.tensor([0, 4])), tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -213,3 +213,40 @@ def test_functional_norms_with_tensor_inputs(tmp_path):
     fn = Lambda(lambda x, w, b: (F.layer_norm(x, [5], w, b), F.rms_norm(x, [5], w),
                                  F.group_norm(x.transpose(1, 2), 5, w, b)))
     assert_bundle_matches(fn, (torch.randn(2, 3, 5), torch.randn(5), torch.randn(5)), tmp_path)
+
+
+def _not_decomposed(caplog):
+    """Translated directly: torch's decomposition (the fallback) was not needed."""
+    assert not any("decomposed (no translator)" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["running_stats", "batch_stats"])
+def test_native_batch_norm_legit(training, tmp_path, caplog):
+    w, b, rm, rv = _bn_params()
+    fn = Lambda(lambda x: aten._native_batch_norm_legit(x, w, b, rm.clone(), rv.clone(),
+                                                        training, 0.1, 1e-5))
+    with caplog.at_level("INFO"):
+        assert_bundle_matches(fn, (torch.randn(3, 4, 5) * 2 + 1,), tmp_path)
+    _not_decomposed(caplog)
+
+
+def test_native_batch_norm_legit_no_stats(tmp_path, caplog):
+    w, b, _, _ = _bn_params()
+    fn = Lambda(lambda x: aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5))
+    with caplog.at_level("INFO"):
+        assert_bundle_matches(fn, (torch.randn(3, 4, 5, 2) * 2 + 1,), tmp_path,
+                              dynamic_axes={"input_0": {0: "N"}},
+                              other_args=[torch.randn(5, 4, 5, 2)])
+    _not_decomposed(caplog)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["running_stats", "batch_stats"])
+def test_native_batch_norm_legit_functional_updated_stats(training, tmp_path, caplog):
+    w, b, rm, rv = _bn_params()
+
+    def fn(x):
+        out = aten._native_batch_norm_legit_functional(x, w, b, rm, rv, training, 0.1, 1e-5)
+        return out[0], out[3], out[4]
+    with caplog.at_level("INFO"):
+        assert_bundle_matches(Lambda(fn), (torch.randn(3, 4, 5) * 2 + 1,), tmp_path)
+    _not_decomposed(caplog)

@@ -256,3 +256,57 @@ def _pad_circular(ctx, self, pad):
     """_pad_circular(Tensor self, SymInt[] pad) -> Tensor"""
     return _pad(ctx, self, pad, "circular")
 
+
+# -- fold (col2im) --------------------------------------------------------------------------
+def _pair(v) -> tuple:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return tuple(v * 2 if len(v) == 1 else v)
+
+
+@translates(aten.col2im.default)
+def col2im(ctx, self, output_size, kernel_size, dilation, padding, stride):
+    """col2im(Tensor self, SymInt[2] output_size, int[2] kernel_size, int[2] dilation, int[2] padding, int[2] stride) -> Tensor"""  # noqa: E501
+    # fold: every kernel offset's column block is spread over the padded output at its stride
+    # (zeros between, by a pad and a reshape), shifted to the offset and summed; the padding
+    # is cropped at the end
+    (h, w), (kh, kw) = _pair(output_size), _pair(kernel_size)
+    (dh, dw), (ph, pw), (sh, sw) = _pair(dilation), _pair(padding), _pair(stride)
+    if not all(is_static(v) for v in (h, w, *self.shape[1:])):
+        raise TranslationError("fold with symbolic sizes", "make the folded sizes static")
+    batched = self.rank == 3
+    n = self.shape[0] if batched else 1
+    c = self.shape[-2] // (kh * kw)
+    hp, wp = h + 2 * ph, w + 2 * pw
+    lh, lw = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    dtype = self.dtype
+    x = ctx.op("reshape", self, attrs={"shape": [n, c, kh, kw, lh, lw]},
+               shape=(n, c, kh, kw, lh, lw), dtype=dtype)
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            block = ctx.op("slice", x, axes=[2, 3], begin=[i, j], end=[i + 1, j + 1],
+                           shape=(n, c, 1, 1, lh, lw), dtype=dtype)
+            block = ctx.op("reshape", block, attrs={"shape": [n, c, lh, 1, lw, 1]},
+                           shape=(n, c, lh, 1, lw, 1), dtype=dtype)
+            if sh > 1 or sw > 1:
+                block = ctx.op("pad", block, padding=[(0, 0)] * 3 + [(0, sh - 1), (0, 0),
+                                                                     (0, sw - 1)],
+                               shape=(n, c, lh, sh, lw, sw), dtype=dtype)
+            block = ctx.op("reshape", block, attrs={"shape": [n, c, lh * sh, lw * sw]},
+                           shape=(n, c, lh * sh, lw * sw), dtype=dtype)
+            top, left = i * dh, j * dw
+            bottom, right = max(0, hp - top - lh * sh), max(0, wp - left - lw * sw)
+            block = ctx.op("pad", block, padding=[(0, 0), (0, 0), (top, bottom), (left, right)],
+                           shape=(n, c, top + lh * sh + bottom, left + lw * sw + right),
+                           dtype=dtype)
+            if top + lh * sh + bottom != hp or left + lw * sw + right != wp:
+                block = ctx.op("slice", block, axes=[2, 3], begin=[0, 0], end=[hp, wp],
+                               shape=(n, c, hp, wp), dtype=dtype)
+            total = block if total is None else ctx.op("add", total, block,
+                                                       shape=(n, c, hp, wp), dtype=dtype)
+    if ph or pw:
+        total = ctx.op("slice", total, axes=[2, 3], begin=[ph, pw], end=[ph + h, pw + w],
+                       shape=(n, c, h, w), dtype=dtype)
+    if not batched:
+        total = ctx.op("reshape", total, attrs={"shape": [c, h, w]})
+    return total

@@ -1,6 +1,8 @@
 """Indexing: gathers, scatters, selects by mask, flips, rolls and triangles."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -62,6 +64,113 @@ def embedding(ctx, weight, indices, padding_idx=-1, scale_grad_by_freq=False, sp
     if ctx.block_quantized(weight):  # tract decodes the rows; it needs the output type
         return ctx.op("tract_core_gather", weight, indices, axis=0, datum_type=weight.dtype)
     return ctx.op("tract_core_gather", weight, indices, axis=0)
+
+
+# -- embedding bags --------------------------------------------------------------------------
+_BAG_MODES = {0: "sum", 1: "mean", 2: "max"}
+
+
+def _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
+                   include_last_offset, padding_idx):
+    """Bags of rows reduced by sum, mean or max. Offsets are data, so every (bag, position)
+    pair gets a membership mask (offset[b] <= position < next offset, the padding index left
+    out): sums and means are the mask times the gathered rows, maxima a masked max. An empty
+    bag gives zeros, as torch does. Only the bags are given: offset2bag, bag sizes and the max
+    positions (the op's other outputs) are refused when read."""
+    if any(u.target is operator.getitem and u.args[1] != 0 and u.users for u in ctx.node.users):
+        raise TranslationError("embedding_bag's offset2bag, bag_size and max_indices outputs",
+                               "use only the bags (the op's first output)")
+    mode = _BAG_MODES.get(int(mode))
+    if mode is None:
+        raise TranslationError("an embedding_bag mode other than sum, mean and max",
+                               "use mode 'sum', 'mean' or 'max'")
+    out = ctx.out[0] if isinstance(ctx.out, tuple) else ctx.out
+    dtype = out.dtype
+    if indices.rank != 1 or offsets is None:
+        raise TranslationError("embedding_bag without 1-D indices and offsets",
+                               "pass 1-D indices with offsets (torch's 2-D form becomes that)")
+    length, count = indices.shape[0], offsets.shape[0]
+    bags = dim_sub(count, 1) if include_last_offset else count
+    idx = ctx.cast(indices, "i64")
+    offs = ctx.cast(offsets, "i64")
+    starts = slice_axis(ctx, offs, 0, 0, bags, shape=(bags,))
+    if include_last_offset:
+        ends = slice_axis(ctx, offs, 0, 1, count, shape=(bags,))
+    else:
+        tail = ctx.op("reshape", operand(ctx, length, "i64"), attrs={"shape": [1]},
+                      shape=(1,), dtype="i64")
+        ends = ctx.op("concat", [slice_axis(ctx, offs, 0, 1, count, shape=(dim_sub(count, 1),)),
+                                 tail], axis=0, shape=(bags,), dtype="i64")
+    pos = ctx.op("tract_core_range", 0, length, 1, shape=(length,), dtype="i64")
+    pos = ctx.op("unsqueeze", pos, axes=[0], shape=(1, length), dtype="i64")
+    grid = (bags, length)
+    # differences compared with 0 (tract 0.23.9 mis-shapes an ordering of two index vectors)
+    after = ctx.op("ge", ctx.op("sub", pos, ctx.op("unsqueeze", starts, axes=[1], shape=(bags, 1),
+                                                 dtype="i64"), shape=grid, dtype="i64"),
+                   operand(ctx, 0, "i64"), shape=grid, dtype="bool")
+    before = ctx.op("lt", ctx.op("sub", pos, ctx.op("unsqueeze", ends, axes=[1], shape=(bags, 1),
+                                                  dtype="i64"), shape=grid, dtype="i64"),
+                    operand(ctx, 0, "i64"), shape=grid, dtype="bool")
+    member = ctx.op("and", after, before, shape=grid, dtype="bool")
+    if padding_idx is not None and padding_idx >= 0:
+        kept = ctx.op("ne", idx, operand(ctx, int(padding_idx), "i64"), shape=(length,),
+                      dtype="bool")
+        member = ctx.op("and", member, ctx.op("unsqueeze", kept, axes=[0], shape=(1, length),
+                                              dtype="bool"), shape=grid, dtype="bool")
+    width = weight.shape[1]
+    rows = ctx.cast(ctx.op("tract_core_gather", weight, idx, axis=0,
+                           shape=(length, width), dtype=weight.dtype), dtype)
+    if per_sample_weights is not None:
+        if mode != "sum":
+            raise TranslationError("per_sample_weights with a mode other than sum",
+                                   "torch only allows them with mode='sum'")
+        w = ctx.op("unsqueeze", operand(ctx, per_sample_weights, dtype), axes=[1],
+                   shape=(length, 1), dtype=dtype)
+        rows = ctx.op("mul", rows, w, shape=(length, width), dtype=dtype)
+    zero, one = operand(ctx, 0.0, dtype), operand(ctx, 1.0, dtype)
+    sizes = ctx.op("sum_reduce", ctx.op("select", member, one, zero, shape=grid, dtype=dtype),
+                   axes=[1], shape=(bags, 1), dtype=dtype)
+    if mode == "max":
+        low = operand(ctx, float("-inf"), dtype)
+        spread = ctx.op("select", ctx.op("unsqueeze", member, axes=[2], shape=grid + (1,),
+                                         dtype="bool"),
+                        ctx.op("unsqueeze", rows, axes=[0], shape=(1, length, width),
+                               dtype=dtype), low, shape=grid + (width,), dtype=dtype)
+        top = ctx.op("max_reduce", spread, axes=[1], shape=(bags, 1, width), dtype=dtype)
+        top = ctx.op("squeeze", top, axes=[1], shape=(bags, width), dtype=dtype)
+        full = ctx.op("gt", sizes, zero, shape=(bags, 1), dtype="bool")
+        return ctx.op("select", full, top, zero, shape=(bags, width), dtype=dtype), None, None, None
+    weights = ctx.op("select", member, one, zero, shape=grid, dtype=dtype)
+    total = ctx.op("matmul", weights, rows, shape=(bags, width), dtype=dtype)
+    if mode == "mean":
+        total = ctx.op("div", total, ctx.op("max", sizes, one, shape=(bags, 1), dtype=dtype),
+                       shape=(bags, width), dtype=dtype)
+    return total, None, None, None
+
+
+@translates(aten.embedding_bag.padding_idx)
+def embedding_bag_padding_idx(ctx, weight, indices, offsets, scale_grad_by_freq, mode, sparse,
+                              per_sample_weights, include_last_offset, padding_idx):
+    """embedding_bag.padding_idx(Tensor weight, Tensor indices, Tensor offsets, bool scale_grad_by_freq, int mode, bool sparse, Tensor? per_sample_weights, bool include_last_offset, int? padding_idx) -> (Tensor, Tensor, Tensor, Tensor)"""  # noqa: E501
+    return _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
+                          include_last_offset, padding_idx)
+
+
+@translates(aten.embedding_bag.default)
+def embedding_bag(ctx, weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
+                  per_sample_weights=None, include_last_offset=False):
+    """embedding_bag(Tensor weight, Tensor indices, Tensor offsets, bool scale_grad_by_freq=False, int mode=0, bool sparse=False, Tensor? per_sample_weights=None, bool include_last_offset=False) -> (Tensor, Tensor, Tensor, Tensor)"""  # noqa: E501
+    return _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
+                          include_last_offset, None)
+
+
+@translates(aten._embedding_bag.default, aten._embedding_bag_forward_only.default)
+def _embedding_bag_op(ctx, weight, indices, offsets, scale_grad_by_freq=False, mode=0,
+                      sparse=False, per_sample_weights=None, include_last_offset=False,
+                      padding_idx=-1):
+    """_embedding_bag(Tensor weight, Tensor indices, Tensor offsets, bool scale_grad_by_freq=False, int mode=0, bool sparse=False, Tensor? per_sample_weights=None, bool include_last_offset=False, int padding_idx=-1) -> (Tensor, Tensor, Tensor, Tensor)"""  # noqa: E501
+    return _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
+                          include_last_offset, padding_idx)
 
 
 @translates(aten.index_select.default)

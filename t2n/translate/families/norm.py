@@ -5,6 +5,8 @@ up, result cast back): f16 sums over long rows lose most of their precision.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from t2n.errors import TranslationError
@@ -221,6 +223,65 @@ def native_batch_norm(ctx, input, weight, bias, running_mean, running_var, train
     stat = (input.shape[1],)  # training mode also returns the batch statistics, as [C]
     mean, rstd = (ctx.op("squeeze", s, axes=axes, **ctx.like(s, shape=stat)) for s in (mean, rstd))
     return _finish(ctx, [y, mean, rstd])
+
+
+@translates(aten._native_batch_norm_legit.default)
+def _native_batch_norm_legit(ctx, input, weight, bias, running_mean, running_var, training,
+                             momentum, eps):
+    """_native_batch_norm_legit(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!) running_mean, Tensor(b!) running_var, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor)"""  # noqa: E501
+    # training mode normalizes with the batch's own statistics; the running ones it would
+    # update in place are not a bundle's output (an inference graph computes the same values)
+    return native_batch_norm(ctx, input, weight, bias, running_mean, running_var, training,
+                             momentum, eps)
+
+
+@translates(aten._native_batch_norm_legit.no_stats)
+def _native_batch_norm_legit_no_stats(ctx, input, weight, bias, training, momentum, eps):
+    """_native_batch_norm_legit.no_stats(Tensor input, Tensor? weight, Tensor? bias, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor)"""  # noqa: E501
+    if not training:
+        raise TranslationError("batch norm in inference mode without running statistics",
+                               "export a model whose norms track running statistics")
+    return native_batch_norm(ctx, input, weight, bias, None, None, True, momentum, eps)
+
+
+def _read(ctx, index: int) -> bool:
+    """Whether a user of this multi-output node reads output ``index``."""
+    return any(u.target is operator.getitem and u.args[1] == index and u.users
+               for u in ctx.node.users)
+
+
+@translates(aten._native_batch_norm_legit_functional.default)
+def _native_batch_norm_legit_functional(ctx, input, weight, bias, running_mean, running_var,
+                                        training, momentum, eps):
+    """_native_batch_norm_legit_functional(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, Tensor running_var, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor running_mean_out, Tensor running_var_out)"""  # noqa: E501
+    y, mean, rstd = native_batch_norm(ctx, input, weight, bias, running_mean, running_var,
+                                      training, momentum, eps)
+    new_mean = new_var = None
+    if _read(ctx, 3) or _read(ctx, 4):
+        new_mean, new_var = _updated_stats(ctx, input, running_mean, running_var, mean, rstd,
+                                           training, momentum, eps)
+    return y, mean, rstd, new_mean, new_var
+
+
+def _updated_stats(ctx, input, running_mean, running_var, mean, rstd, training, momentum, eps):
+    """The running statistics after this step: unchanged in inference mode; in training mode
+    (1 - momentum) * running + momentum * batch, the batch variance unbiased (n / (n - 1))."""
+    metas = _metas(ctx)
+    if not training:
+        return running_mean, running_var
+    n = 1
+    for ax in _batch_axes(input):
+        n *= _static(input.shape[ax], "the batch axes of a training-mode batch norm")
+    square = _bin(ctx, "mul", rstd, rstd)
+    var = _bin(ctx, "sub", ctx.op("div", 1.0, square, **ctx.like(square)), float(eps))
+    var = _bin(ctx, "mul", var, n / max(n - 1, 1))
+    out = []
+    for running, batch, meta in ((running_mean, mean, metas[3]), (running_var, var, metas[4])):
+        r = operand(ctx, running, batch.dtype)
+        mixed = _bin(ctx, "add", _bin(ctx, "mul", r, 1.0 - float(momentum)),
+                     _bin(ctx, "mul", batch, float(momentum)))
+        out.append(ctx.cast(mixed, meta.dtype))
+    return out
 
 
 @translates(aten.instance_norm.default)
