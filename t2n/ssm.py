@@ -29,6 +29,7 @@ feeding the tokens one by one otherwise (tests/test_ssm.py).
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -306,6 +307,36 @@ SSM_MIXERS: dict[str, _Form] = {
     )}
 
 
+# -- a modeling file's own scan function ----------------------------------------------------
+def _scan_function(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False, return_last_state=False, **kwargs):
+    """transformers' ``mamba_selective_scan`` (the reference path of mamba_ssm's
+    selective_scan_fn, copied into each modeling file) on ``hidden_states``, ``dt``, ``z``
+    [b, I, L], ``A`` [I, N], ``B``, ``C`` [b, N, L], from a zero state, with the scan as
+    ``t2n::selective_scan``: (y [b, I, L], the last state [b, I, N] if asked)."""
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dt.dtype)[..., None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    batch, channels, _ = hidden_states.shape
+    tokens_first = [t.float().transpose(1, 2).unsqueeze(2) for t in (hidden_states, dt, B, C)]
+    state = A.new_zeros(batch, 1, channels, A.shape[-1], dtype=torch.float32)
+    y, state = selective_scan(*tokens_first[:2], A.float().unsqueeze(0), *tokens_first[2:],
+                              state)
+    y = y.squeeze(2).transpose(1, 2).to(hidden_states.dtype)
+    if D is not None:
+        y = y + hidden_states * D[None, :, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, state.squeeze(1)) if return_last_state else y
+
+
+# modeling files whose mixers call their own copy of mamba_selective_scan (read: a pure
+# function of its arguments, a Python loop over the tokens) and whose mixer has no form here:
+# in `export` (no cache) the function is replaced while tracing
+SCAN_FUNCTIONS = (f"{_MODELS}.zamba.modeling_zamba",)
+
+
 def _form(module: torch.nn.Module) -> _Form | None:
     cls = type(module)
     form = SSM_MIXERS.get(f"{cls.__module__}.{cls.__qualname__}")
@@ -325,8 +356,13 @@ def rewritable(module: torch.nn.Module) -> bool:
 def scan_forms(model: torch.nn.Module):
     """Within this block, the known state-space mixers of ``model`` compute their scan with
     ``t2n::selective_scan`` (a forward set on each instance, removed on exit)."""
-    patched = []
+    patched, functions = [], {}
     for module in model.modules():
+        home = sys.modules.get(type(module).__module__)
+        if type(module).__module__ in SCAN_FUNCTIONS and home not in functions \
+                and hasattr(home, "mamba_selective_scan"):
+            functions[home] = home.mamba_selective_scan
+            home.mamba_selective_scan = _scan_function
         form = _form(module)
         if form is None or "forward" in module.__dict__:
             continue
@@ -339,3 +375,5 @@ def scan_forms(model: torch.nn.Module):
     finally:
         for module in patched:
             del module.forward
+        for home, function in functions.items():
+            home.mamba_selective_scan = function
