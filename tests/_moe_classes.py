@@ -104,6 +104,10 @@ def _tiny(config):
                 pass
     if getattr(config, "qk_rope_head_dim", None) and hasattr(config, "head_dim"):
         config.head_dim = config.qk_rope_head_dim   # latent attention: RoPE's width
+    if getattr(config, "kv_lora_rank", None) and hasattr(config, "num_key_value_heads"):
+        # latent attention expands its keys and values to every head (as released configs
+        # say: key-value heads = heads)
+        config.num_key_value_heads = config.num_attention_heads
     for heads, head_dim, expand, groups in _MAMBA2_FIELDS:   # heads must cover expand x hidden
         if all(hasattr(config, k) for k in (heads, head_dim, expand, groups)):
             setattr(config, head_dim, 16)

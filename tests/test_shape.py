@@ -147,3 +147,13 @@ def test_symbolic_pad_other_than_constant_is_refused(tmp_path):
         t2n.export(Lambda(reflect), (torch.randn(2, 5, 9),), tmp_path / "b",
                    dynamic_axes={"input_0": {2: "S"}})
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name, fn, sizes", [
+    ("chunk_even", lambda x: torch.chunk(x, 3, dim=1)[1] * torch.chunk(x, 3, dim=1)[2], (6, 12)),
+    ("chunk_uneven", lambda x: torch.chunk(x, 2, dim=1)[1].sum(1), (7, 3, 10))])
+def test_split_of_a_dynamic_axis(name, fn, sizes, tmp_path):
+    """The parts of a dynamic axis come from the sizes torch traced (their count is fixed)."""
+    assert_bundle_matches(Lambda(fn), (torch.randn(2, 9, 5),), tmp_path,
+                          dynamic_axes={"input_0": {1: "S"}},
+                          other_args=[torch.randn(2, s, 5) for s in sizes])

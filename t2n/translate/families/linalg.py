@@ -40,6 +40,14 @@ def linear(ctx, input, weight, bias=None):
         x = ctx.op("unsqueeze", x, axes=[0], shape=(1,) + x.shape, dtype=dtype)
         y = linear_nd(ctx, x, weight, bias, out_shape=(1,) + tuple(ctx.out.shape))
         return ctx.op("squeeze", y, axes=[0])
+    extra = list(range(x.rank - 3)) if x.rank > 3 else []
+    if extra and all(x.shape[i] == 1 for i in extra):
+        # leading axes of size 1 ([1, 1, S, K], latent attention's shared key) are dropped
+        # around the matmul: tract 0.23.9's split of an attention product over a concatenated
+        # key gets the ranks wrong when it reaches back into a rank-4 weight product
+        x = ctx.op("squeeze", x, axes=extra, shape=tuple(x.shape[len(extra):]), dtype=dtype)
+        y = linear_nd(ctx, x, weight, bias, out_shape=tuple(ctx.out.shape[len(extra):]))
+        return ctx.op("unsqueeze", y, axes=extra)
     return linear_nd(ctx, x, weight, bias)
 
 

@@ -46,12 +46,25 @@ def to(ctx, self, *args, **kwargs):
 
 
 # -- reshapes -------------------------------------------------------------------------------
+def _unsqueezed_from(ctx, x: Value):
+    """The input of the unsqueeze that made ``x``, if one did (the latest operations first)."""
+    for op in reversed(ctx.graph.operations[-64:]):
+        if x.name in op.outputs:
+            arg = op.args[0] if op.op == "unsqueeze" and op.args else None
+            return arg if isinstance(arg, Value) else None
+    return None
+
+
 def _reshape(ctx, x: Value, shape):
     shape = list(shape)
     if tuple(shape) == tuple(x.shape or ()):
         return x
     if not shape:  # to rank 0: tract's reshape wants a non-empty shape
         return ctx.op("squeeze", x, axes=list(range(x.rank)))
+    # a reshape reads an unsqueeze's input directly (the same values in the same order):
+    # tract 0.23.9's split of an attention product over a concatenated key gets the ranks
+    # wrong through reshape(unsqueeze(matmul)) (latent attention's key expansion)
+    x = _unsqueezed_from(ctx, x) or x
     return ctx.op("reshape", x, attrs={"shape": shape})
 
 
@@ -242,9 +255,25 @@ def _static(size, what):
     return size
 
 
+def _traced_sizes(ctx, x: Value, dim: int, what: str) -> list | None:
+    """The part sizes torch worked out for a split of a dynamic axis into a number of parts
+    fixed while tracing (ProphetNet's streams: chunk(1 + ngram) of the tokens), or None when
+    the axis is static."""
+    d = axis(dim, x.rank)
+    if isinstance(x.shape[d], int):
+        return None
+    metas = ctx.out if isinstance(ctx.out, tuple) else ()
+    if not metas or any(m.shape is None for m in metas):
+        _static(x.shape[d], what)
+    return [m.shape[d] for m in metas]
+
+
 @translates(aten.split.Tensor)
 def split(ctx, self, split_size, dim=0):
     """split.Tensor(Tensor(a -> *) self, SymInt split_size, int dim=0) -> Tensor(a)[]"""
+    sizes = _traced_sizes(ctx, self, dim, "split")
+    if sizes is not None:
+        return _split(ctx, self, sizes, dim)
     total = _static(self.shape[axis(dim, self.rank)], "split")
     sizes = [min(split_size, total - i) for i in range(0, total, split_size)]
     return _split(ctx, self, sizes, dim)
@@ -259,6 +288,9 @@ def split_with_sizes(ctx, self, split_sizes, dim=0):
 @translates(aten.chunk.default)
 def chunk(ctx, self, chunks, dim=0):
     """chunk(Tensor(a -> *) self, int chunks, int dim=0) -> Tensor(a)[]"""
+    sizes = _traced_sizes(ctx, self, dim, "chunk")
+    if sizes is not None:
+        return _split(ctx, self, sizes, dim)
     total = _static(self.shape[axis(dim, self.rank)], "chunk")
     size = -(-total // chunks)
     return split(ctx, self, size, dim)
