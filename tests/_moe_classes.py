@@ -86,7 +86,9 @@ TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=64, num
             # latent attention (DeepSeek-V2/V3 and kin), partial rotary, encoder-decoder heads
             qk_rope_head_dim=8, qk_nope_head_dim=8, qk_head_dim=16, v_head_dim=16,
             kv_lora_rank=32, q_lora_rank=32, rotary_dim=8, encoder_attention_heads=4,
-            decoder_attention_heads=4)
+            decoder_attention_heads=4,
+            # group-limited routing: the 4 experts in one group (defaults assume 256 experts)
+            n_group=1, topk_group=1)
 
 
 _MAMBA2_FIELDS = [("num_heads", "head_dim", "expand", "n_groups"),
@@ -103,7 +105,9 @@ def _tiny(config):
             except (AttributeError, NotImplementedError):   # derived from other fields
                 pass
     if getattr(config, "qk_rope_head_dim", None) and hasattr(config, "head_dim"):
-        config.head_dim = config.qk_rope_head_dim   # latent attention: RoPE's width
+        # latent attention: RoPE's width (head_dim x the partial rotary factor, if any)
+        factor = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor")
+        config.head_dim = int(config.qk_rope_head_dim / (factor or 1))
     if getattr(config, "kv_lora_rank", None) and hasattr(config, "num_key_value_heads"):
         # latent attention expands its keys and values to every head (as released configs
         # say: key-value heads = heads)
