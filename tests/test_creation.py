@@ -159,3 +159,18 @@ CAUSAL = {
 def test_causal_mask_dynamic(name, tmp_path):
     assert_bundle_matches(Lambda(CAUSAL[name]), (torch.randn(2, 4),), tmp_path,
                           tolerance="exact", other_args=_other(7, 2), dynamic_axes=DYN)
+
+
+def _strided_filled(x):
+    out = torch.empty_strided((2, 5), (1, 2))    # strides only lay out memory
+    out[:, :3] = x
+    out[:, 3:] = x[:, :2] * 2
+    return out
+
+
+def test_empty_strided_filled_and_read_refused(tmp_path):
+    assert_bundle_matches(Lambda(_strided_filled), (torch.randn(2, 3),), tmp_path,
+                          tolerance="exact")
+    with pytest.raises(T2NError, match="torch.empty"):
+        assert_bundle_matches(Lambda(lambda x: torch.empty_strided((2, 3), (3, 1)) + x),
+                              (torch.randn(2, 3),), tmp_path, name="read")

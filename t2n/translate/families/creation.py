@@ -155,6 +155,13 @@ def empty(ctx, size, dtype=None, layout=None, device=None, pin_memory=None,
     return _filled(ctx, 0)
 
 
+@translates(aten.empty_strided.default)
+def empty_strided(ctx, size, stride, dtype=None, layout=None, device=None, pin_memory=None):
+    """empty_strided(SymInt[] size, SymInt[] stride, *, ScalarType? dtype=None, Layout? layout=None, Device? device=None, bool? pin_memory=None) -> Tensor"""  # noqa: E501
+    # strides only lay out memory; a bundle's tensors have none
+    return empty(ctx, size)
+
+
 def _writes_into(user, node) -> bool:
     """Whether ``user`` of an empty tensor only writes into it: an overwrite, a functional
     slice/select scatter into it (the rest kept, written by later scatters: a pad's
