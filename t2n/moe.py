@@ -249,6 +249,45 @@ def _jetmoe_check(*methods):
     return check
 
 
+# -- Ergo: routes normalized one by one -------------------------------------------------------
+def _ergo_forward(self, hidden_states, top_k_index, top_k_weights):
+    """ErgoExperts: each route's expert output (relu2 projections, no gate) scaled by that
+    expert's RMS norm weight, the routes summed with their weights. Every expert's output is
+    computed for every token ([T, E, H], as the other dense forms do; a token's routes share
+    its projections), normalized by the norm module itself, then weighted by the routing
+    matrix (tract 0.23.9 mis-optimises a matmul over torch's repeat_interleave of the rows)."""
+    tokens, hidden = hidden_states.shape
+    experts = self.up_proj.shape[0]
+    proj = hidden_states @ self.up_proj.permute(1, 0, 2).reshape(hidden, -1)
+    act = self.act_fn(proj.reshape(tokens * experts, -1)).reshape(tokens, experts, -1)
+    out = (act.transpose(0, 1) @ self.down_proj).transpose(0, 1)           # [T, E, H]
+    ids = torch.arange(experts, device=out.device).repeat(tokens)
+    out = self.post_expert_norm(out.reshape(tokens * experts, hidden), ids)
+    weights = _routing_matrix(top_k_index, top_k_weights, experts, out.dtype)
+    out = (out.reshape(tokens, experts, hidden) * weights.unsqueeze(-1)).sum(1)
+    return out.to(hidden_states.dtype)
+
+
+def _ergo_check(module) -> bool:
+    """Projections [E, H, I] and [E, I, H] (transposed, no gate, no bias), the per-route norm
+    outside the projections: ErgoExpertNorm exactly, one weight per expert [E, H]."""
+    up, down = getattr(module, "up_proj", None), getattr(module, "down_proj", None)
+    norm_module = getattr(module, "post_expert_norm", None)
+    if type(norm_module).__name__ != "ErgoExpertNorm" \
+            or type(norm_module).__module__ != type(module).__module__:
+        return False
+    norm = getattr(norm_module, "weight", None)
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in (up, down)) \
+            or not isinstance(norm, torch.Tensor):
+        return False
+    experts, hidden, inner = up.shape
+    flags = [getattr(module, k, None) for k in ("has_gate", "is_transposed", "has_bias",
+                                                "has_post_expert_norm", "_is_expert_parallel")]
+    return (flags == [False, True, False, False, False]
+            and tuple(down.shape) == (experts, inner, hidden)
+            and tuple(norm.shape) == (experts, hidden) and module.num_experts == experts)
+
+
 # -- the verified classes ------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Form:
@@ -261,6 +300,7 @@ _DBRX = _Form({"forward": _dbrx_forward}, _dbrx_check)
 _JETMOE_MOE = _Form({"forward": _jetmoe_moe_forward}, _jetmoe_check("forward"))
 _JETMOE_MOA = _Form({"map": _jetmoe_moa_map, "reduce": _jetmoe_moa_reduce},
                     _jetmoe_check("map", "reduce"))
+_ERGO = _Form({"forward": _ergo_forward}, _ergo_check)
 
 _MODELS = "transformers.models"
 # Classes with their own experts code, each read (the sum of the chosen experts' outputs scaled
@@ -272,6 +312,7 @@ OWN_CODE_EXPERTS: dict[str, _Form] = {
         ("dbrx", "DbrxExperts", _DBRX),
         ("jetmoe", "JetMoeMoE", _JETMOE_MOE),
         ("jetmoe", "JetMoeMoA", _JETMOE_MOA),
+        ("ergo", "ErgoExperts", _ERGO),
     )}
 
 

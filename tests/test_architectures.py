@@ -7,6 +7,7 @@ max |tract - torch| <= 1e-5 * max |torch| on every output (REL below).
 """
 from __future__ import annotations
 
+import copy
 import functools
 import numpy as np
 import pytest
@@ -44,7 +45,9 @@ MOE_NAMES = ["mixtral_moe", "qwen2_moe", "qwen3_moe", "olmoe", "flex_olmo", "phi
              "hunyuan_v1_moe", "gpt_oss", "dbrx", "jetmoe", *GENERIC_MOE]
 # whole-sequence only: caches export_llm does not write (DeepSeek V4's compressed attention,
 # Inkling's convolution state)
-WHOLE_SEQUENCE_MOE = ["deepseek_v4", "inkling", "inkling2", "inkling2_loop"]
+WHOLE_SEQUENCE_MOE = ["deepseek_v4", "inkling", "inkling2", "inkling2_loop",
+                      # Ergo's experts normalize each route (t2n.moe's own form for them)
+                      "ergo"]
 FACTORIES = {**{n: LLM_ARCHS[n] for n in MOE_NAMES}, **OTHER_ARCHS,
              **{n: functools.partial(_moe_classes.tiny_causal_lm, n) for n in WHOLE_SEQUENCE_MOE}}
 DEFAULT_SUITE = {"mixtral_moe", "qwen2_moe"}
@@ -200,6 +203,26 @@ def test_dbrx_dense_experts_equal_transformers():
             got = module(x, index, weights)
     assert "forward" not in module.__dict__
     torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
+
+
+def test_ergo_dense_experts_equal_transformers():
+    """Ergo's experts (each route through the projections, then its expert's RMS norm scale,
+    then the weighted sum) against the class's own code, on 6 tokens routed to 2 experts."""
+    module = _experts(_model("ergo"))
+    module = next(m for m in module if type(m).__name__ == "ErgoExperts")
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(6, module.up_proj.shape[1])
+    index, weights = _random_routing(6, module.num_experts, 2)
+    with torch.no_grad():
+        expected = module(x, index, weights)
+        with moe.static_experts(module):
+            assert "forward" in module.__dict__
+            got = module(x, index, weights)
+    torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
+    look_alike = copy.copy(module)
+    look_alike.__class__ = type("ErgoExperts", (type(module),), {})
+    assert not moe.rewritable(look_alike)
 
 
 def test_jetmoe_static_forms_equal_transformers():

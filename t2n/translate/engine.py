@@ -116,7 +116,6 @@ class _Dims:
         raise TranslationError(f"size expression {e} cannot be written for tract",
                                "make that axis static or report the model")
 
-
     def _lower(self, e):
         from torch.utils._sympy.value_ranges import bound_sympy
         return bound_sympy(e, self.ranges).lower
