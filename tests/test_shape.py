@@ -115,6 +115,9 @@ SIZE_EXPRESSIONS = {
     "min_undecided": lambda x: x[:, : min(4, x.shape[1])] + 1,
     # Max(0, 1 - S) is 0 for every S torch allows (S >= 2): written as 0
     "max_decided": lambda x: x[:, max(0, 1 - x.shape[1]):] * 3,
+    # symbolic starts counting from the end, and a positive one (its look-alike)
+    "start_from_end": lambda x: x[:, -x.shape[1]:] * 2 + x[:, -(x.shape[1] - 1):].sum(1, True),
+    "start_positive": lambda x: x[:, x.shape[1] // 2:] * 2,
 }
 
 

@@ -188,7 +188,13 @@ def slice(ctx, self, dim=0, start=None, end=None, step=1):
     """slice.Tensor(Tensor(a) self, int dim=0, SymInt? start=None, SymInt? end=None, SymInt step=1) -> Tensor(a)"""
     if step < 1:
         raise TranslationError(f"slice step {step}", "torch only allows positive steps")
-    return slice_axis(ctx, self, axis(dim, self.rank), start, end, step, shape=ctx.out.shape)
+    d = axis(dim, self.rank)
+    if isinstance(start, Dim) and step == 1 and ctx.out.shape is not None:
+        # a symbolic start may count from the end (x[:, -S:], ZAYA's router states): the end
+        # less the size torch worked out for the output is the start either way
+        stop = _bound(end, self.shape[d], self.shape[d])
+        start = dim_sub(stop, ctx.out.shape[d])
+    return slice_axis(ctx, self, d, start, end, step, shape=ctx.out.shape)
 
 
 @translates(aten.narrow.default)
