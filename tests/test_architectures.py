@@ -188,13 +188,16 @@ def test_interface_experts_follow_the_kernels(module_name, class_name):
                                    msg=lambda m: f"{implementation}: {m}")
 
 
-def test_dbrx_dense_experts_equal_transformers():
-    """DBRX's own experts code, on random routing of 6 tokens with weights of order 1."""
-    model = _model("dbrx")
-    module = _experts(model)[0]
+@pytest.mark.parametrize("arch, class_name", [("dbrx", "DbrxExperts"), ("ergo", "ErgoExperts")])
+def test_own_code_dense_experts_equal_transformers(arch, class_name):
+    """DBRX's experts and Ergo's (each route through the projections, then its expert's RMS
+    norm scale, then the weighted sum) against the class's own code, on random routing of 6
+    tokens to 2 experts with weights of order 1; a same-named subclass is left alone."""
+    module = next(m for m in _experts(_model(arch)) if type(m).__name__ == class_name)
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(6, model.config.hidden_size)
+    hidden = module.up_proj.shape[1] if arch == "ergo" else _model(arch).config.hidden_size
+    x = torch.randn(6, hidden)
     index, weights = _random_routing(6, module.num_experts, 2)
     with torch.no_grad():
         expected = module(x, index, weights)
@@ -203,25 +206,8 @@ def test_dbrx_dense_experts_equal_transformers():
             got = module(x, index, weights)
     assert "forward" not in module.__dict__
     torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
-
-
-def test_ergo_dense_experts_equal_transformers():
-    """Ergo's experts (each route through the projections, then its expert's RMS norm scale,
-    then the weighted sum) against the class's own code, on 6 tokens routed to 2 experts."""
-    module = _experts(_model("ergo"))
-    module = next(m for m in module if type(m).__name__ == "ErgoExperts")
-    for p in module.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(6, module.up_proj.shape[1])
-    index, weights = _random_routing(6, module.num_experts, 2)
-    with torch.no_grad():
-        expected = module(x, index, weights)
-        with moe.static_experts(module):
-            assert "forward" in module.__dict__
-            got = module(x, index, weights)
-    torch.testing.assert_close(got, expected, rtol=REL, atol=REL * expected.abs().max().item())
     look_alike = copy.copy(module)
-    look_alike.__class__ = type("ErgoExperts", (type(module),), {})
+    look_alike.__class__ = type(class_name, (type(module),), {})
     assert not moe.rewritable(look_alike)
 
 
