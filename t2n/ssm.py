@@ -29,7 +29,6 @@ feeding the tokens one by one otherwise (tests/test_ssm.py).
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -187,6 +186,37 @@ def _mamba(self, hidden_states, cache, attention_mask, normed):
     return self.out_proj(y.to(dtype))
 
 
+# -- Zamba (v1): Mamba mixers per head ------------------------------------------------------
+def _zamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+    """ZambaMambaMixer: in_proj -> (x, z) interleaved along channels; causal conv + activation
+    on x; per head (``n_mamba_heads`` groups of ``mamba_head_dim`` channels) its own x_proj
+    and dt_proj weights giving dt, B and C; the scan with ``A = -exp(A_log)`` per (head,
+    channel, state), one group per head; ``y + D x``, gated by silu(z); out_proj. The
+    recurrent state is [b, heads, head_dim, N], as transformers' cache holds it."""
+    dtype = hidden_states.dtype
+    batch, length = hidden_states.shape[:2]
+    heads, width = self.n_mamba_heads, self.mamba_head_dim
+    conv_state, ssm_state = _states(cache, self.layer_idx)
+    projected = self.in_proj(_masked(hidden_states, attention_mask)).transpose(1, 2)
+    x, gate = projected.view(batch, -1, 2, length).chunk(2, dim=2)        # [b, I, 1, L]
+    x, conv_state = causal_conv(self.conv1d, x.squeeze(2), conv_state)
+    x = _masked(self.act(x).transpose(1, 2), attention_mask)                # [b, L, I]
+    x = x.reshape(batch, length, heads, width)
+    params = torch.einsum("hpw,blhw->blhp", self.x_proj_weight, x)
+    time_step, B, C = torch.split(
+        params, [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
+    dt = torch.einsum("hwr,blhr->blhw", self.dt_proj_weight, time_step)   # [b, L, H, W]
+    dt = F.softplus((dt + self.dt_proj_bias).float())
+    A = -torch.exp(self.A_log.float())                                      # [H, W, N]
+    if ssm_state is None:
+        ssm_state = A.new_zeros(batch, *A.shape)
+    y, ssm_state = selective_scan(x.float(), dt, A, B.float(), C.float(), ssm_state.float())
+    y = y + x.float() * self.D.float()
+    y = y * F.silu(gate.reshape(batch, heads, width, length).permute(0, 3, 1, 2).float())
+    _store(cache, self.layer_idx, conv_state, ssm_state, length)
+    return self.out_proj(y.reshape(batch, length, heads * width).to(dtype))
+
+
 # -- LFM2's gated short convolution --------------------------------------------------------
 def _short_conv_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
     """Lfm2ShortConv: in_proj -> (B, C, x) along channels; the causal depthwise conv of B x
@@ -286,6 +316,10 @@ _FALCON_H1 = _Form(_falcon_h1_forward, tuple(a for a in _MAMBA2.attributes if a 
                    + ("norm", "mamba_rms_norm", "ssm_in_multiplier", "mup_vector"))
 
 _SHORT_CONV = _Form(_short_conv_forward, ("in_proj", "conv", "out_proj", "layer_idx"))
+_ZAMBA = _Form(_zamba_forward, ("in_proj", "conv1d", "act", "x_proj_weight", "dt_proj_weight",
+                                "dt_proj_bias", "A_log", "D", "out_proj", "n_mamba_heads",
+                                "mamba_head_dim", "time_step_rank", "ssm_state_size",
+                                "layer_idx"))
 
 _MODELS = "transformers.models"
 # exact classes whose forward was read and whose form is compared with it in tests/test_ssm.py
@@ -301,40 +335,11 @@ SSM_MIXERS: dict[str, _Form] = {
         ("nemotron_h", "NemotronHMamba2Mixer", _MAMBA2),
         ("zamba2", "Zamba2MambaMixer", _MAMBA2),
         ("falcon_h1", "FalconH1Mixer", _FALCON_H1),
+        ("zamba", "ZambaMambaMixer", _ZAMBA),
         # convolution-only state (a conv state, no scan)
         ("lfm2", "Lfm2ShortConv", _SHORT_CONV),
         ("lfm2_moe", "Lfm2MoeShortConv", _SHORT_CONV),
     )}
-
-
-# -- a modeling file's own scan function ----------------------------------------------------
-def _scan_function(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None,
-                   delta_softplus=False, return_last_state=False, **kwargs):
-    """transformers' ``mamba_selective_scan`` (the reference path of mamba_ssm's
-    selective_scan_fn, copied into each modeling file) on ``hidden_states``, ``dt``, ``z``
-    [b, I, L], ``A`` [I, N], ``B``, ``C`` [b, N, L], from a zero state, with the scan as
-    ``t2n::selective_scan``: (y [b, I, L], the last state [b, I, N] if asked)."""
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(dt.dtype)[..., None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    batch, channels, _ = hidden_states.shape
-    tokens_first = [t.float().transpose(1, 2).unsqueeze(2) for t in (hidden_states, dt, B, C)]
-    state = A.new_zeros(batch, 1, channels, A.shape[-1], dtype=torch.float32)
-    y, state = selective_scan(*tokens_first[:2], A.float().unsqueeze(0), *tokens_first[2:],
-                              state)
-    y = y.squeeze(2).transpose(1, 2).to(hidden_states.dtype)
-    if D is not None:
-        y = y + hidden_states * D[None, :, None]
-    if z is not None:
-        y = y * F.silu(z)
-    return (y, state.squeeze(1)) if return_last_state else y
-
-
-# modeling files whose mixers call their own copy of mamba_selective_scan (read: a pure
-# function of its arguments, a Python loop over the tokens) and whose mixer has no form here:
-# in `export` (no cache) the function is replaced while tracing
-SCAN_FUNCTIONS = (f"{_MODELS}.zamba.modeling_zamba",)
 
 
 def _form(module: torch.nn.Module) -> _Form | None:
@@ -356,13 +361,8 @@ def rewritable(module: torch.nn.Module) -> bool:
 def scan_forms(model: torch.nn.Module):
     """Within this block, the known state-space mixers of ``model`` compute their scan with
     ``t2n::selective_scan`` (a forward set on each instance, removed on exit)."""
-    patched, functions = [], {}
+    patched = []
     for module in model.modules():
-        home = sys.modules.get(type(module).__module__)
-        if type(module).__module__ in SCAN_FUNCTIONS and home not in functions \
-                and hasattr(home, "mamba_selective_scan"):
-            functions[home] = home.mamba_selective_scan
-            home.mamba_selective_scan = _scan_function
         form = _form(module)
         if form is None or "forward" in module.__dict__:
             continue
@@ -375,5 +375,3 @@ def scan_forms(model: torch.nn.Module):
     finally:
         for module in patched:
             del module.forward
-        for home, function in functions.items():
-            home.mamba_selective_scan = function

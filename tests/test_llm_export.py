@@ -136,6 +136,12 @@ ARCHS.update({
     # a Mamba-2 layer, then a hybrid layer: the shared attention block (on the hidden states
     # concatenated with the embeddings, LoRA adapters, RoPE; its adapters need as many kv
     # heads as query heads) before a Mamba-2 mixer
+    # Zamba (v1): a Mamba layer (two heads, each its own x_proj and dt_proj), then a hybrid
+    # layer: the shared attention block on the hidden states concatenated with the
+    # embeddings, then a Mamba layer
+    "zamba_hybrid": lambda: transformers.ZambaForCausalLM(transformers.ZambaConfig(
+        layers_block_type=["mamba", "hybrid"], n_mamba_heads=2, mamba_d_state=8,
+        attention_head_dim=16, **{**COMMON, "num_key_value_heads": 4}, **SSM_UNTIED)),
     "zamba2_hybrid": lambda: transformers.Zamba2ForCausalLM(transformers.Zamba2Config(
         layers_block_type=["linear_attention", "hybrid"], n_mamba_heads=8, mamba_d_state=16,
         mamba_ngroups=2, chunk_size=4, use_shared_attention_adapter=True, adapter_rank=8,
@@ -174,7 +180,7 @@ def _model(arch):
 # Llama, one mixture of experts, the Mamba and Mamba-2 families and their hybrids (each a few
 # seconds) run in the default suite; the other architectures with the slow (real-model) tests.
 DEFAULT_SUITE = ("llama", "mixtral_moe", "mamba", "bamba", "falcon_mamba", "jamba", "falcon_h1",
-                 "zamba2", "lfm2")
+                 "zamba", "lfm2")
 
 
 @pytest.fixture(scope="module", params=[a if a.startswith(DEFAULT_SUITE) else

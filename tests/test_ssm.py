@@ -27,7 +27,7 @@ from test_llm_export import ARCHS, COMMON, FALCON_H1
 REL = 1e-5
 IDS, OTHER_IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]]), torch.tensor([[9, 60, 11]])
 SSM_ARCHS = ["mamba", "mamba2", "bamba_hybrid", "falcon_mamba", "jamba_hybrid", "falcon_h1",
-             "zamba2_hybrid", "lfm2", "lfm2_moe",
+             "zamba_hybrid", "zamba2_hybrid", "lfm2", "lfm2_moe",
              *(pytest.param(a, marks=pytest.mark.slow) for a in ("granitemoehybrid", "nemotron_h"))]
 
 
@@ -111,8 +111,8 @@ def test_look_alikes_and_training_mode_are_left_alone():
         assert "forward" not in mixer.__dict__
 
 
-@pytest.mark.parametrize("arch", ["falcon_mamba", "jamba_hybrid", "falcon_h1", "zamba2_hybrid",
-                                  "lfm2"])
+@pytest.mark.parametrize("arch", ["falcon_mamba", "jamba_hybrid", "falcon_h1", "zamba_hybrid",
+                                  "zamba2_hybrid", "lfm2"])
 def test_look_alike_subclasses_are_left_alone(arch):
     """A subclass of the mixer with the same name and attributes keeps its own forward."""
     model = _model(arch)
@@ -236,34 +236,3 @@ def test_grouped_query_attention_under_a_compared_index_mask(tmp_path):
     assert_bundle_matches(CausalGroupedQueryAttention(), inputs(5), tmp_path,
                           dynamic_axes={name: {2: "S"} for name in ("q", "k", "v")},
                           other_args=[inputs(3), inputs(1)])
-
-
-# -- a modeling file's own scan function (Zamba) ---------------------------------------------
-def test_scan_function_equals_transformers():
-    from transformers.models.zamba import modeling_zamba
-    g = torch.Generator().manual_seed(3)
-    b, channels, n, length = 2, 6, 4, 7
-    x, dt, z = (torch.randn(b, channels, length, generator=g) for _ in range(3))
-    A = -torch.rand(channels, n, generator=g) * 3
-    B, C = (torch.randn(b, n, length, generator=g) for _ in range(2))
-    D, bias = torch.randn(channels, generator=g), torch.randn(channels, generator=g)
-    for kwargs in (dict(D=D, z=z, delta_bias=bias, delta_softplus=True, return_last_state=True),
-                   dict(delta_softplus=False)):
-        want = modeling_zamba.mamba_selective_scan(x, dt, A, B, C, **kwargs)
-        got = ssm._scan_function(x, dt, A, B, C, **kwargs)
-        for w, o in zip(*(t if isinstance(t, tuple) else (t,) for t in (want, got))):
-            torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-5)
-
-
-def test_zamba_whole_sequence_export(tmp_path):
-    from _moe_classes import tiny_causal_lm
-    from transformers.models.zamba import modeling_zamba
-    torch.manual_seed(0)
-    model = Logits(tiny_causal_lm("zamba").eval())
-    original = modeling_zamba.mamba_selective_scan
-    result = assert_bundle_matches(model, (IDS,), tmp_path, dynamic_axes={"input_ids": {1: "S"}},
-                                   other_args=[(OTHER_IDS,), (IDS[:, :1],)])
-    assert modeling_zamba.mamba_selective_scan is original       # put back after tracing
-    with torch.no_grad():
-        expected = model(OTHER_IDS).numpy()
-    _assert_relative(run_bundle(result.path, OTHER_IDS.numpy())[0], expected)
