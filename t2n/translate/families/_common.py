@@ -1,6 +1,8 @@
 """Small helpers shared by the op families."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from t2n.errors import TranslationError
@@ -78,6 +80,18 @@ def broadcast_rank(ctx: Ctx, v: Value, rank: int) -> Value:
     n = rank - v.rank
     return ctx.op("unsqueeze", v, axes=list(range(n)), shape=(1,) * n + tuple(v.shape),
                   dtype=v.dtype, name=f"{v.name}_r{rank}")
+
+
+def outputs_read(ctx: Ctx) -> set | None:
+    """The indices of a multi-output node's outputs that some op reads (None when a user
+    takes the whole tuple)."""
+    read = set()
+    for user in ctx.node.users:
+        if user.target is not operator.getitem:
+            return None
+        if user.users:
+            read.add(user.args[1])
+    return read
 
 
 def is_static(d) -> bool:

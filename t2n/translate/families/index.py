@@ -1,15 +1,13 @@
 """Indexing: gathers, scatters, selects by mask, flips, rolls and triangles."""
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 import torch
 
 from t2n.errors import TranslationError
 from t2n.translate.context import Value
 from t2n.translate.families._common import (
-    axis, broadcast_rank, dim_add, dim_mul, dim_sub, operand, same_dtype)
+    axis, broadcast_rank, dim_add, dim_mul, dim_sub, operand, outputs_read, same_dtype)
 from t2n.translate.families.shape import slice_axis
 from t2n.translate.registry import translates
 from t2n.translate.weights import gather_rows
@@ -77,7 +75,8 @@ def _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
     out): sums and means are the mask times the gathered rows, maxima a masked max. An empty
     bag gives zeros, as torch does. Only the bags are given: offset2bag, bag sizes and the max
     positions (the op's other outputs) are refused when read."""
-    if any(u.target is operator.getitem and u.args[1] != 0 and u.users for u in ctx.node.users):
+    read = outputs_read(ctx)
+    if read is None or read - {0}:
         raise TranslationError("embedding_bag's offset2bag, bag_size and max_indices outputs",
                                "use only the bags (the op's first output)")
     mode = _BAG_MODES.get(int(mode))
@@ -128,8 +127,8 @@ def _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
                    shape=(length, 1), dtype=dtype)
         rows = ctx.op("mul", rows, w, shape=(length, width), dtype=dtype)
     zero, one = operand(ctx, 0.0, dtype), operand(ctx, 1.0, dtype)
-    sizes = ctx.op("sum_reduce", ctx.op("select", member, one, zero, shape=grid, dtype=dtype),
-                   axes=[1], shape=(bags, 1), dtype=dtype)
+    weights = ctx.op("select", member, one, zero, shape=grid, dtype=dtype)
+    sizes = ctx.op("sum_reduce", weights, axes=[1], shape=(bags, 1), dtype=dtype)
     if mode == "max":
         low = operand(ctx, float("-inf"), dtype)
         spread = ctx.op("select", ctx.op("unsqueeze", member, axes=[2], shape=grid + (1,),
@@ -140,7 +139,6 @@ def _embedding_bag(ctx, weight, indices, offsets, mode, per_sample_weights,
         top = ctx.op("squeeze", top, axes=[1], shape=(bags, width), dtype=dtype)
         full = ctx.op("gt", sizes, zero, shape=(bags, 1), dtype="bool")
         return ctx.op("select", full, top, zero, shape=(bags, width), dtype=dtype), None, None, None
-    weights = ctx.op("select", member, one, zero, shape=grid, dtype=dtype)
     total = ctx.op("matmul", weights, rows, shape=(bags, width), dtype=dtype)
     if mode == "mean":
         total = ctx.op("div", total, ctx.op("max", sizes, one, shape=(bags, 1), dtype=dtype),

@@ -5,13 +5,11 @@ up, result cast back): f16 sums over long rows lose most of their precision.
 """
 from __future__ import annotations
 
-import operator
-
 import torch
 
 from t2n.errors import TranslationError
 from t2n.translate.context import Value
-from t2n.translate.families._common import operand, same_dtype
+from t2n.translate.families._common import operand, outputs_read, same_dtype
 from t2n.translate.registry import translates
 
 aten = torch.ops.aten
@@ -244,12 +242,6 @@ def _native_batch_norm_legit_no_stats(ctx, input, weight, bias, training, moment
     return native_batch_norm(ctx, input, weight, bias, None, None, True, momentum, eps)
 
 
-def _read(ctx, index: int) -> bool:
-    """Whether a user of this multi-output node reads output ``index``."""
-    return any(u.target is operator.getitem and u.args[1] == index and u.users
-               for u in ctx.node.users)
-
-
 @translates(aten._native_batch_norm_legit_functional.default)
 def _native_batch_norm_legit_functional(ctx, input, weight, bias, running_mean, running_var,
                                         training, momentum, eps):
@@ -257,7 +249,8 @@ def _native_batch_norm_legit_functional(ctx, input, weight, bias, running_mean, 
     y, mean, rstd = native_batch_norm(ctx, input, weight, bias, running_mean, running_var,
                                       training, momentum, eps)
     new_mean = new_var = None
-    if _read(ctx, 3) or _read(ctx, 4):
+    read = outputs_read(ctx)
+    if read is None or read & {3, 4}:
         new_mean, new_var = _updated_stats(ctx, input, running_mean, running_var, mean, rstd,
                                            training, momentum, eps)
     return y, mean, rstd, new_mean, new_var

@@ -1,13 +1,11 @@
 """Pooling, adaptive pooling, upsampling and pixel (un)shuffle."""
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 import torch
 
 from t2n.errors import TranslationError
-from t2n.translate.families._common import dim_add, is_static
+from t2n.translate.families._common import dim_add, is_static, outputs_read
 from t2n.translate.families.conv import batched, spatial
 from t2n.translate.registry import translates
 
@@ -46,8 +44,8 @@ def _ceil_extra(size, out, k, s, p, d):
 
 def _indices_unused(ctx) -> bool:
     """Whether no user of a (values, indices) pooling node reads its indices."""
-    return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users)
-               for u in ctx.node.users)
+    read = outputs_read(ctx)
+    return read is not None and read <= {0}
 
 
 def _values_only(ctx, values):

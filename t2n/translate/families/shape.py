@@ -270,7 +270,7 @@ def _traced_sizes(ctx, x: Value, dim: int, what: str) -> list | None:
         return None
     metas = ctx.out if isinstance(ctx.out, tuple) else ()
     if not metas or any(m.shape is None for m in metas):
-        _static(x.shape[d], what)
+        raise TranslationError(f"{what} along a dynamic axis", "make that axis static")
     return [m.shape[d] for m in metas]
 
 
