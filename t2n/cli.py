@@ -376,6 +376,7 @@ def _quantize(o):
 _ANALYSE_KEYS = {"model", "output", "method", "compression_registry", "block", "task",
                  "loss", "constraint", "min", "max", "num_configs", "constraint_values",
                  "estimator", "real_loss_batches", "samples", "seqlen", "validation_data",
+                 "analysis_data",
                  "calibration_data", "seed", "device", "dtype", "input_shape",
                  "example_inputs", "model_task", "no_latency"}
 
@@ -414,6 +415,9 @@ _ANALYSE_KEYS = {"model", "output", "method", "compression_registry", "block", "
               help="Tokens per analysis window.")
 @click.option("--calibration-data", metavar="FILE|FOLDER|hf:NAME",
               help="Data of the analysis and of calibrated methods (as export takes it).")
+@click.option("--analysis-data", metavar="FILE|FOLDER|hf:NAME|sampled",
+              help="Data of the estimates and real losses when not the calibration data; "
+                   "'sampled': text sampled from the model (causal LMs).")
 @click.option("--validation-data", metavar="FILE|FOLDER|hf:NAME",
               help="Separate data for the real losses [default: other windows of the "
                    "calibration data].")

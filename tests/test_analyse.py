@@ -315,6 +315,37 @@ class TwiceThrough(nn.Module):
         return self.head(x)
 
 
+def test_analysis_data_measures_the_estimates_while_methods_calibrate_on_theirs(tmp_path):
+    """analysis_data='sampled': the estimates and real losses run on text sampled from the
+    model, while the calibrated methods still read the calibration data."""
+    model = tiny_llama()
+    ids = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(3))
+    np.savez(tmp_path / "cal.npz", input_ids=ids.numpy())
+    bag = Bag("imatrix_q4_0_all")
+    kw = dict(samples=2, seqlen=16)
+    mixed = Analyser(model, bag, calibration_data=str(tmp_path / "cal.npz"),
+                     analysis_data="sampled", **kw)
+    own = Analyser(model, bag, calibration_data=str(tmp_path / "cal.npz"), **kw)
+    free = Analyser(model, bag, calibration_data=None, **kw)
+
+    def rows(analyser):
+        est, val = analyser.batches()
+        return [r.tolist() for b in est + val for r in b[1]["input_ids"]]
+    assert rows(mixed) == rows(free)
+    assert not set(map(tuple, rows(mixed))) & set(map(tuple, ids.tolist()))
+    assert set(map(tuple, rows(own))) <= set(map(tuple, ids.tolist()))
+
+    def weights(analyser):
+        return {u: mods[0].weight.dequantize()
+                for u, mods in analyser.choices()["imatrix_q4_0_all"].items()}
+    w_mixed, w_own, w_free = weights(mixed), weights(own), weights(free)
+    assert all(torch.equal(w_mixed[u], w_own[u]) for u in w_own)
+    assert any(not torch.equal(w_mixed[u], w_free[u]) for u in w_free)
+    with pytest.raises(OptionError, match="sampled from a causal LM"):
+        Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
+                 analysis_data="sampled", task="classification")
+
+
 def test_layers_that_run_twice_per_batch_are_not_replayed():
     from t2n.analyse.estimate import _Replay
     model = TwiceThrough().eval()

@@ -59,7 +59,8 @@ def run_analyse(o: dict) -> None:
                         samples=int(o.get("samples") or 8), seqlen=int(o.get("seqlen") or 256),
                         seed=int(o.get("seed") or 0), device=o.get("device") or "cpu",
                         float_dtype=o.get("dtype") or "f32", args=loaded.args,
-                        kwargs=loaded.kwargs, progress=is_main())
+                        kwargs=loaded.kwargs, progress=is_main(),
+                        analysis_data=o.get("analysis_data"))
     t0 = time.perf_counter()
     results = analyser.run(o.get("min"), o.get("max"), int(o.get("num_configs") or 5),
                            constraint_values=_listed(o.get("constraint_values")),

@@ -11,7 +11,10 @@ of budgets, and the real loss of every configuration chosen.
 Data: the calibration source gives the methods their calibration (as an export would) and the
 analyser its own batches: for a causal LM, 2 x ``samples`` windows of ``seqlen`` tokens, the
 even ones for the estimates and the odd ones for the real losses (disjoint), unless
-``validation_data`` is given.
+``validation_data`` is given. ``analysis_data`` measures the estimates and real losses on other
+data than the methods calibrate on; ``"sampled"`` there is text sampled from the model itself
+(a causal LM): the loss is then the expected KL over the model's own distribution, not over
+one domain's text.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ log = logging.getLogger("t2n.analyse")
 CONSTRAINTS = ("size", "macs", "latency")
 ESTIMATORS = ("value", "grad")
 FLOAT_BITS = {"f32": 32, "f16": 16}
+SAMPLED = "sampled"      # analysis_data: text sampled from the model
 
 
 @dataclass
@@ -127,7 +131,8 @@ class Analyser:
     def __init__(self, model: nn.Module, bag, block_names=None, calibration_data=None,
                  validation_data=None, task: str | None = None, loss=None, *, tokenizer=None,
                  samples: int = 8, seqlen: int = 256, seed: int = 0, device: str = "cpu",
-                 float_dtype: str = "f32", args=(), kwargs=None, progress: bool = False):
+                 float_dtype: str = "f32", args=(), kwargs=None, progress: bool = False,
+                 analysis_data=None):
         self.model = model.eval()
         self.bag = bag if isinstance(bag, Bag) else Bag(*([bag] if isinstance(bag, str)
                                                           else bag))
@@ -144,6 +149,10 @@ class Analyser:
         check_device(device)
         self.tokenizer, self.seed, self.device = tokenizer, seed, device
         self.calibration_data, self.validation_data = calibration_data, validation_data
+        if analysis_data == SAMPLED and not self.lm:
+            raise OptionError("analysis data 'sampled' is text sampled from a causal LM",
+                              "give --analysis-data FILE for this model")
+        self.analysis_data = analysis_data
         self.samples, self.seqlen = samples, seqlen
         self.args, self.kwargs = tuple(args or ()), dict(kwargs or {})
         self.progress = progress
@@ -180,16 +189,24 @@ class Analyser:
                                samples=samples, seqlen=seqlen,
                                seed=self.seed if seed is None else seed, device=self.device)
 
+    def _analysis_source(self):
+        """The data of the estimates: ``analysis_data`` (None for "sampled": the data-free
+        source), else the calibration data."""
+        if self.analysis_data is None:
+            return self.calibration_data
+        return None if self.analysis_data == SAMPLED else self.analysis_data
+
     def batches(self) -> tuple[list, list]:
         """(estimate batches, validation batches)."""
         if self._batches is None:
+            source = self._analysis_source()
             if self.validation_data is not None:
-                est = self._calibration(self.calibration_data, self.samples, self.seqlen)
+                est = self._calibration(source, self.samples, self.seqlen)
                 val = self._calibration(self.validation_data, self.samples, self.seqlen,
                                         seed=self.seed + 1)
                 est_b, val_b = _grouped(est), _grouped(val)
             else:
-                both = self._calibration(self.calibration_data, 2 * self.samples, self.seqlen)
+                both = self._calibration(source, 2 * self.samples, self.seqlen)
                 both.load()
                 if both.token_ids is not None and len(both.token_ids) >= 2:
                     est_b = _grouped_ids(both, both.token_ids[0::2])
