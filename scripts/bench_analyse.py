@@ -91,6 +91,9 @@ def main() -> int:
     ap.add_argument("--analysis-data", choices=("sampled", "calibration"), default="sampled",
                     help="text of the estimates and real losses: sampled from the float model, "
                          "or other windows of the calibration text")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take the methods' results and the estimates (and their timings) that "
+                         "an earlier run saved in --keep DIR, instead of computing them again")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-minilm", action="store_true")
     args = ap.parse_args()
@@ -116,15 +119,34 @@ def main() -> int:
                         tokenizer=tok, samples=args.samples, seqlen=args.seqlen,
                         float_dtype="f16", progress=True,
                         analysis_data="sampled" if args.analysis_data == "sampled" else None)
-    analyser.choices()
-    analyser.estimates("value")
-    analysis_s = time.perf_counter() - t0
+    saved = work / "analysis_stage.pt"
+    if args.reuse:
+        if not args.keep or not saved.exists():
+            raise SystemExit(f"error: --reuse needs {saved} from an earlier run with --keep")
+        stage = torch.load(saved, weights_only=False)
+        if stage["setting"] != [args.methods, args.samples, args.seqlen, args.analysis_data]:
+            raise SystemExit(f"error: {saved} was made with other settings: {stage['setting']}")
+        analyser._choices, analyser._estimates["value"] = stage["choices"], stage["estimates"]
+        analyser.timings.update(stage["timings"])
+        analysis_s = stage["analysis_s"]
+        log(f"reused the analysis of {stage['made']} from {saved}")
+    else:
+        analyser.choices()
+        analyser.estimates("value")
+        analysis_s = time.perf_counter() - t0
+        if args.keep:
+            torch.save({"choices": analyser._choices, "estimates": analyser._estimates["value"],
+                        "timings": dict(analyser.timings), "analysis_s": analysis_s,
+                        "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "setting": [args.methods, args.samples, args.seqlen,
+                                    args.analysis_data]}, saved)
     problem = analyser.problem("size", "value")
     cheapest = problem.extreme(cheapest=True)
     dearest = problem.extreme(cheapest=False)
     res = {"methods": [m.label for m in bag], "cheapest": cheapest, "dearest": dearest,
            "samples": args.samples, "seqlen": args.seqlen, "analysis_data": args.analysis_data,
-           "timings": dict(analyser.timings), "analysis_s": analysis_s}
+           "timings": dict(analyser.timings), "analysis_s": analysis_s,
+           "reused": bool(args.reuse)}
     log(f"analysis {analysis_s:.0f} s; sizes {cheapest:,.0f} .. {dearest:,.0f} bytes")
 
     # uniform configurations: the best Q4_0 method for the rules
@@ -328,7 +350,9 @@ def render(r: dict) -> str:
         f"{r['rule_higher']}; perplexity "
         f"from tract (f16 bundles) on the GPL-3 text. Float model: {f32:.3f}; all-Q4_0 with "
         f"{best}: {q4:.3f}. Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
-        f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())}).")
+        f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())})"
+        + (" (methods and estimates taken from an earlier run of the same settings: --reuse)"
+           if r.get("reused") else "") + ".")
     add("")
     add("| budget (x all-Q4_0) | bytes | estimated KL | real KL | tract perplexity | gap closed "
         "| choices |")
@@ -353,6 +377,8 @@ def render(r: dict) -> str:
         add(f"| {name} | {v['ratio']:.3f} | {v['ppl']:.3f} | {v['ours_ppl']:.3f} | "
             f"{100 * diff:.0f}% | {v['real_loss']:.4g} / {v['ours_real_loss']:.4g} |")
     ll = r.get("llamacpp")
+    if ll and "skipped" in ll:
+        add(f"| llama.cpp default Q4_0 mixture | not measured: {ll['skipped']} | | | | |")
     if ll and "ratio" in ll:
         add(f"| llama.cpp default Q4_0 mixture, imatrix of {ll['calibration_tokens']:,} tokens "
             f"({', '.join(f'{n} {t}' for t, n in sorted(ll['types'].items()))}) | "

@@ -461,7 +461,7 @@ def test_analyse_cli_then_export_llm_with_a_mixed_config(tiny_folder, tmp_path):
     proc = run_t2n(tmp_path, "analyse", folder, "-o", "out", "-m", "min_max_q4_0_all",
                "-m", "grid_mse_q4_0_all", "--calibration-data", "calib.txt", "--samples", "4",
                "--seqlen", "16", "--num-configs", "3", "--real-loss-batches", "2",
-                   "--no-latency")
+                   "--no-latency", "--analysis-data", "sampled")
     assert proc.returncode == 0, proc.stderr
     assert "3 configuration(s)" in proc.stdout and "| size budget |" in proc.stdout
     configs = sorted((tmp_path / "out" / "configs").glob("*.json"))
