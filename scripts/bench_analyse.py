@@ -120,11 +120,12 @@ def main() -> int:
                         float_dtype="f16", progress=True,
                         analysis_data="sampled" if args.analysis_data == "sampled" else None)
     saved = work / "analysis_stage.pt"
+    setting = [args.methods, args.samples, args.seqlen, args.analysis_data]
     if args.reuse:
         if not args.keep or not saved.exists():
             raise SystemExit(f"error: --reuse needs {saved} from an earlier run with --keep")
         stage = torch.load(saved, weights_only=False)
-        if stage["setting"] != [args.methods, args.samples, args.seqlen, args.analysis_data]:
+        if stage["setting"] != setting:
             raise SystemExit(f"error: {saved} was made with other settings: {stage['setting']}")
         analyser._choices, analyser._estimates["value"] = stage["choices"], stage["estimates"]
         analyser.timings.update(stage["timings"])
@@ -138,8 +139,7 @@ def main() -> int:
             torch.save({"choices": analyser._choices, "estimates": analyser._estimates["value"],
                         "timings": dict(analyser.timings), "analysis_s": analysis_s,
                         "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        "setting": [args.methods, args.samples, args.seqlen,
-                                    args.analysis_data]}, saved)
+                        "setting": setting}, saved)
     problem = analyser.problem("size", "value")
     cheapest = problem.extreme(cheapest=True)
     dearest = problem.extreme(cheapest=False)
@@ -155,7 +155,7 @@ def main() -> int:
     refs = reference_outputs(model, val_b)
     cache = analyser.choices()
     uniform = {}
-    for label in cache:
+    for label in (k for k, by_unit in cache.items() if by_unit):   # methods that change a unit
         choice = {u: (label if label in problem.choices[u] else "float") for u in problem.units}
         uniform[label] = {"choice": choice, "real_loss": analyser._real_loss(choice, cache,
                                                                              val_b, refs),

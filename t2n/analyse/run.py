@@ -442,14 +442,14 @@ class Analyser:
                 log.warning("analyse: no configuration fits %s <= %g", constraint_type, budget)
                 _update(bar)
                 continue
-            measured: dict = {}
+            latency = None
             if constraint_type == "latency" and measure_latency:
-                choice = self._measured_within(problem, budget, choice, measured)
+                choice, latency = self._measured_within(problem, budget, choice)
             key = tuple(sorted(choice.items()))
             if key not in seen_configs:
-                seen_configs[key] = (self._real_loss(choice, cache, val_b, refs),
-                                     measured[key] if key in measured else
-                                     self.measured_latency(choice) if measure_latency else None)
+                if measure_latency and latency is None:
+                    latency = self.measured_latency(choice)
+                seen_configs[key] = (self._real_loss(choice, cache, val_b, refs), latency)
             real, latency = seen_configs[key]
             summary = {"constraint": constraint_type, "budget": budget,
                        "cost": problem.total_cost(choice), "estimate": problem.objective(choice),
@@ -494,30 +494,28 @@ class Analyser:
         return results
 
     def _measured_within(self, problem: Problem, budget: float, choice: dict,
-                         measured: dict, tries: int = LATENCY_TRIES) -> dict:
-        """The configuration for a latency ``budget``, checked end to end in tract: when the
-        measured time of ``choice`` is over the budget, the problem is solved again with the
-        budget lowered by the measured excess over the estimate (a term the per-block sum
-        missed), up to ``tries`` times; the last configuration measured is returned either way
-        (its time in ``measured``, keyed by its sorted items)."""
+                         tries: int = LATENCY_TRIES) -> tuple[dict, float]:
+        """(configuration, its time measured end to end in tract) for a latency ``budget``:
+        when the measured time of ``choice`` is over the budget, the problem is solved again
+        with the budget lowered by the measured excess over the estimate (a term the per-block
+        sum missed), up to ``tries`` times; the last configuration measured is returned either
+        way."""
         target = budget
         for attempt in range(tries):
-            key = tuple(sorted(choice.items()))
-            measured[key] = self.measured_latency(choice)
-            over = measured[key] - budget
-            if over <= 0 or attempt == tries - 1:
+            seconds = self.measured_latency(choice)
+            if seconds <= budget or attempt == tries - 1:
                 break
-            target -= measured[key] - problem.total_cost(choice)   # > 0: over >= 0 here
+            target -= seconds - problem.total_cost(choice)   # > 0: the estimate fits the budget
             again = solve(problem, target)
             if again is None or again == choice:
                 break
             log.info("analyse: measured %.3f ms is over the %.3f ms budget; solving again "
-                     "for %.3f ms", measured[key] * 1e3, budget * 1e3, target * 1e3)
+                     "for %.3f ms", seconds * 1e3, budget * 1e3, target * 1e3)
             choice = again
-        if measured[tuple(sorted(choice.items()))] > budget:
+        if seconds > budget:
             log.warning("analyse: the configuration for %.3f ms measures %.3f ms in tract",
-                        budget * 1e3, measured[tuple(sorted(choice.items()))] * 1e3)
-        return choice
+                        budget * 1e3, seconds * 1e3)
+        return choice, seconds
 
     def _real_loss(self, choice: dict, cache: dict, batches, refs) -> float:
         with self._placed():
