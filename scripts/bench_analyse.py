@@ -400,8 +400,8 @@ def render(r: dict) -> str:
     if m:
         add(f"all-MiniLM-L6-v2, cosine loss, {m['units']} units, min-max and grid-MSE Q4_0 "
             f"({m['seconds']:.0f} s): Spearman {m['spearman']}; "
-            + "; ".join(f"{x['bytes']:,} B: cosine distance {x['real_loss']:.3g}"
-                        for x in m["rows"]) + ".")
+            + "; ".join(f"budget {x['budget']:,.0f} B -> {x['bytes']:,} B, cosine distance "
+                        f"{x['real_loss']:.3g}" for x in m["rows"]) + ".")
         add("")
     return "\n".join(lines)
 
