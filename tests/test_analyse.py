@@ -242,6 +242,7 @@ def test_a_latency_budget_is_solved_again_when_tract_measures_it_over():
             assert len(calls) == 1 and r.cost == pytest.approx(first)
 
 
+@pytest.mark.slow   # exports and times the whole decode step and each block in tract (about 75 s)
 def test_a_causal_lm_is_timed_at_export_llms_decode_step(tmp_path, monkeypatch):
     """End to end, a causal LM is one token after a cache of DECODE_PAST tokens: the bundle
     timed is that step (tract's logits and new cache are torch's) and the analyser uses it."""
