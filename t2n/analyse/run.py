@@ -435,6 +435,13 @@ class Analyser:
             self.problem("macs", loss_estimator)
         units_map = {u.name: list(u.blocks) for u in self.units}
         seen_configs: dict = {}
+        timed: dict = {}
+
+        def time_of(choice: dict) -> float:   # each configuration is timed in tract once
+            k = tuple(sorted(choice.items()))
+            if k not in timed:
+                timed[k] = self.measured_latency(choice)
+            return timed[k]
         bar = _bar(len(values), "configurations", self.progress)
         for budget in values:
             choice = solve(problem, budget)
@@ -442,14 +449,12 @@ class Analyser:
                 log.warning("analyse: no configuration fits %s <= %g", constraint_type, budget)
                 _update(bar)
                 continue
-            latency = None
             if constraint_type == "latency" and measure_latency:
-                choice, latency = self._measured_within(problem, budget, choice)
+                choice = self._measured_within(problem, budget, choice, time_of)
             key = tuple(sorted(choice.items()))
             if key not in seen_configs:
-                if measure_latency and latency is None:
-                    latency = self.measured_latency(choice)
-                seen_configs[key] = (self._real_loss(choice, cache, val_b, refs), latency)
+                seen_configs[key] = (self._real_loss(choice, cache, val_b, refs),
+                                     time_of(choice) if measure_latency else None)
             real, latency = seen_configs[key]
             summary = {"constraint": constraint_type, "budget": budget,
                        "cost": problem.total_cost(choice), "estimate": problem.objective(choice),
@@ -493,16 +498,16 @@ class Analyser:
                         "timings": dict(self.timings)}
         return results
 
-    def _measured_within(self, problem: Problem, budget: float, choice: dict,
-                         tries: int = LATENCY_TRIES) -> tuple[dict, float]:
-        """(configuration, its time measured end to end in tract) for a latency ``budget``:
-        when the measured time of ``choice`` is over the budget, the problem is solved again
-        with the budget lowered by the measured excess over the estimate (a term the per-block
-        sum missed), up to ``tries`` times; the last configuration measured is returned either
-        way."""
+    def _measured_within(self, problem: Problem, budget: float, choice: dict, time_of,
+                         tries: int = LATENCY_TRIES) -> dict:
+        """The configuration for a latency ``budget``, ``time_of(config)`` giving its time
+        measured end to end in tract: when the time of ``choice`` is over the budget, the
+        problem is solved again with the budget lowered by the measured excess over the
+        estimate (a term the per-block sum missed), up to ``tries`` times; the last
+        configuration measured is returned either way."""
         target = budget
         for attempt in range(tries):
-            seconds = self.measured_latency(choice)
+            seconds = time_of(choice)
             if seconds <= budget or attempt == tries - 1:
                 break
             target -= seconds - problem.total_cost(choice)   # > 0: the estimate fits the budget
@@ -515,7 +520,7 @@ class Analyser:
         if seconds > budget:
             log.warning("analyse: the configuration for %.3f ms measures %.3f ms in tract",
                         budget * 1e3, seconds * 1e3)
-        return choice, seconds
+        return choice
 
     def _real_loss(self, choice: dict, cache: dict, batches, refs) -> float:
         with self._placed():
