@@ -17,7 +17,10 @@ own distribution, not one domain's), or other windows of the calibration text
 (--analysis-data calibration).
 
 Every configuration is then exported (f16) and tract computes its perplexity on Debian's GPL-3
-text (first 2048 tokens, 8 windows of 256, as scripts/bench_quality.py): the analyser's sweep, the
+text: all of it (every whole window of 256 tokens), and its first 2048 tokens (8 windows, as
+scripts/bench_quality.py measures) beside. Each comparison at equal bytes gives the standard
+error of its difference: of the mean over windows of the paired per-window NLL differences (the
+windows are scored by both models). The analyser's sweep, the
 uniform all-Q4_0 configuration of each method, and two rules at their own bytes, each beside the
 analyser's configuration at the same bytes:
   (a) the first and the last decoder layers kept float (f16), everything else Q4_0;
@@ -48,7 +51,7 @@ from pathlib import Path
 from _bench_common import (git_state, load_line, log, machine_line, run_meta,
                            save_results, work_folder, write_docs)
 from _bench_llm_models import find_gguf
-from bench_checkpoint import gpl_windows
+from bench_checkpoint import N_TOKENS, WINDOW, gpl_windows
 
 START, END = "<!-- bench_analyse:start -->", "<!-- bench_analyse:end -->"
 AFTER = "<!-- bench_checkpoint:end -->"
@@ -58,19 +61,45 @@ METHODS = ["imatrix_q4_0_all", "gptq_q4_0_all", "autoround_q4_0_all[preset=fast]
 EIGHT_BIT = "w8_per_row_all"
 
 
-def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[float, int]:
-    """Export ``model`` (f16) and return (perplexity from tract, bundle bytes)."""
+FIRST = N_TOKENS // WINDOW     # the windows of the first 2048 tokens
+
+
+def scored(nlls) -> dict:
+    """Perplexities from tract's per-token NLLs of each window: of the whole text and of its
+    first 2048 tokens, and the mean NLL of each window (for paired comparisons)."""
+    import math
+
+    import numpy as np
+    means = [float(np.mean(x)) for x in nlls]
+    return {"ppl": math.exp(float(np.mean(np.concatenate(nlls)))),
+            "ppl_first": math.exp(float(np.mean(np.concatenate(nlls[:FIRST])))),
+            "window_nll": means}
+
+
+def paired(a: dict, b: dict, gap: float) -> tuple[float, float]:
+    """(a's perplexity minus b's, its standard error), both as fractions of ``gap`` (a
+    perplexity difference): the error of the mean of the per-window NLL differences, carried
+    to perplexity at b's (d ppl = ppl d NLL)."""
+    import math
+    d = [x - y for x, y in zip(a["window_nll"], b["window_nll"])]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return (a["ppl"] - b["ppl"]) / gap, b["ppl"] * se / gap
+
+
+def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[dict, int]:
+    """Export ``model`` (f16) and return (``scored`` perplexities from tract, bundle bytes)."""
     import t2n
-    from bench_checkpoint import _ppl_windows
+    from bench_checkpoint import window_nlls
     path = work / f"{name}.tgz"
     if path.exists():
         path.unlink()
     t2n.export(model, loaded.args, path, kwargs=loaded.kwargs, dtype="f16", check_io=None,
                dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    ppl = _ppl_windows(path, windows, vocab)
+    out = scored(window_nlls(path, windows, vocab))
     size = path.stat().st_size
     path.unlink()
-    return ppl, size
+    return out, size
 
 
 def rule_config(analyser, label: str, keep, higher: str = "float") -> dict:
@@ -113,7 +142,7 @@ def main() -> int:
     gguf = find_gguf()
     loaded = load_model(str(gguf))
     model, tok = loaded.module, loaded.tokenizer
-    windows = gpl_windows(tok)
+    windows = gpl_windows(tok, None)
     vocab = len(tok)
     bag = Bag(*args.methods.split(","))
     t0 = time.perf_counter()
@@ -182,7 +211,7 @@ def main() -> int:
     # llama.cpp's own default mixture
     llama = None
     if not args.no_llamacpp:
-        llama = llamacpp_mixture(work, calib)
+        llama = llamacpp_mixture(work, calib, windows)
     values = sorted({*(r * cheapest for r in RATIOS), *rule_bytes.values(),
                      *([llama["ratio"] * cheapest] if llama and "ratio" in llama else [])})
     values = [v for v in values if v <= dearest] + [dearest]
@@ -196,37 +225,39 @@ def main() -> int:
         work_model = config.apply(copy.deepcopy(model), cache=cache)
         ppl, size = tract_ppl(work_model, loaded, windows, vocab, work, name)
         del work_model
-        log(f"  {name}: perplexity {ppl:.3f}, bundle {size / 1e6:.1f} MB")
+        log(f"  {name}: perplexity {ppl['ppl']:.3f} (first {N_TOKENS} tokens "
+            f"{ppl['ppl_first']:.3f}), bundle {size / 1e6:.1f} MB")
         return ppl, size
 
-    f32_ppl, _ = tract_ppl(copy.deepcopy(model), loaded, windows, vocab, work, "float")
-    res["float_ppl"] = f32_ppl
+    f32, _ = tract_ppl(copy.deepcopy(model), loaded, windows, vocab, work, "float")
+    res["eval_tokens"] = [len(w) for w in windows]
+    res["float"] = f32
     rows = []
     for budget in sorted(results):
         r = results[budget]
         ppl, size = score(r.config.choices, f"sweep_{len(rows)}")
         rows.append({"budget": budget, "ratio": budget / cheapest, "bytes": r.size_bytes,
-                     "estimate": r.objective, "real_loss": r.real_loss, "ppl": ppl,
+                     "estimate": r.objective, "real_loss": r.real_loss, **ppl,
                      "bundle_bytes": size, "counts": r.config.counts()})
     res["rows"] = rows
     res["uniform"] = {}
     for label, u in uniform.items():
         ppl, size = score(u["choice"], f"uniform_{label}")
-        res["uniform"][label] = {"real_loss": u["real_loss"], "bytes": u["bytes"], "ppl": ppl,
+        res["uniform"][label] = {"real_loss": u["real_loss"], "bytes": u["bytes"], **ppl,
                                  "bundle_bytes": size}
     res["best_uniform"] = best
     res["rule_higher"] = higher
     res["rules"] = {}
     for name, choice in rules.items():
         ppl, size = score(choice, name.replace(" ", "_").replace(".", ""))
-        ours = next(x for x in rows if abs(x["budget"] - rule_bytes[name]) < 1e-6)
+        ours = next(i for i, x in enumerate(rows) if abs(x["budget"] - rule_bytes[name]) < 1e-6)
         res["rules"][name] = {"bytes": rule_bytes[name], "ratio": rule_bytes[name] / cheapest,
-                              "ppl": ppl, "ours_ppl": ours["ppl"], "bundle_bytes": size,
+                              **ppl, "ours_row": ours, "bundle_bytes": size,
                               "real_loss": analyser._real_loss(choice, cache, val_b, refs),
-                              "ours_real_loss": ours["real_loss"]}
+                              "ours_real_loss": rows[ours]["real_loss"]}
     if llama and "ratio" in llama:
-        ours = next(x for x in rows if abs(x["budget"] - llama["ratio"] * cheapest) < 1e-6)
-        llama["ours_ppl"] = ours["ppl"]
+        llama["ours_row"] = next(i for i, x in enumerate(rows)
+                                 if abs(x["budget"] - llama["ratio"] * cheapest) < 1e-6)
     res["llamacpp"] = llama
     # a latency budget, in ms: halfway between the fastest and the slowest configuration
     lat_problem = analyser.problem("latency", "value")
@@ -253,7 +284,7 @@ def main() -> int:
     return 0
 
 
-def llamacpp_mixture(work: Path, calib: Path) -> dict:
+def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
     """llama.cpp's default Q4_0 (not --pure) with an importance matrix of 16 x 512 tokens."""
     import _quant_baselines as qb
     try:
@@ -285,15 +316,15 @@ def llamacpp_mixture(work: Path, calib: Path) -> dict:
     ratio = tensor_bytes(mixed) / tensor_bytes(pure["gguf"])
     import t2n
     from t2n.load import load_model
-    from bench_checkpoint import _ppl_windows
+    from bench_checkpoint import window_nlls
     loaded = load_model(str(mixed), keep_q4_0=True)
     out = work / "llamacpp_default.tgz"
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
                check_io=None, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    windows = gpl_windows(loaded.tokenizer)
-    ppl = _ppl_windows(out, windows, len(loaded.tokenizer))
-    log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity {ppl:.3f}")
-    return {"ratio": ratio, "ppl": ppl, "types": types, "command": " ".join(cmd),
+    ppl = scored(window_nlls(out, windows, len(loaded.tokenizer)))
+    log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity "
+        f"{ppl['ppl']:.3f} (first {N_TOKENS} tokens {ppl['ppl_first']:.3f})")
+    return {"ratio": ratio, **ppl, "types": types, "command": " ".join(cmd),
             "calibration_tokens": 16 * 512}
 
 
@@ -341,8 +372,9 @@ def render(r: dict) -> str:
     add(load_line(meta))
     add("")
     best = r["best_uniform"]
-    q4 = r["uniform"][best]["ppl"]
-    f32 = r["float_ppl"]
+    q4, q4_first = r["uniform"][best]["ppl"], r["uniform"][best]["ppl_first"]
+    f32, f32_first = r["float"]["ppl"], r["float"]["ppl_first"]
+    n_eval, n_first = sum(r["eval_tokens"]), sum(r["eval_tokens"][:FIRST])
     text = ("text sampled from the float model itself (the methods calibrate on Python's "
             "documentation)" if r.get("analysis_data") == "sampled"
             else "Python's documentation")
@@ -350,42 +382,52 @@ def render(r: dict) -> str:
         f"model, {r['samples']} windows of {r['seqlen']} tokens) and real losses (as many "
         f"other windows) on {text}; the rules' higher precision: "
         f"{r['rule_higher']}; perplexity "
-        f"from tract (f16 bundles) on the GPL-3 text. Float model: {f32:.3f}; all-Q4_0 with "
-        f"{best}: {q4:.3f}. Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
+        f"from tract (f16 bundles) on the GPL-3 text: all of it ({len(r['eval_tokens'])} "
+        f"windows, {n_eval:,} tokens), and its first {n_first:,} tokens beside (the windows "
+        f"other sections score). Float model: {f32:.3f} ({f32_first:.3f} on the first "
+        f"{n_first:,}); all-Q4_0 with {best}: {q4:.3f} ({q4_first:.3f}). Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
         f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())})"
         + (" (methods and estimates taken from an earlier run of the same settings: --reuse)"
            if r.get("reused") else "") + ".")
     add("")
-    add("| budget (x all-Q4_0) | bytes | estimated KL | real KL | tract perplexity | gap closed "
-        "| choices |")
-    add("|---:|---:|---:|---:|---:|---:|---|")
+    add(f"| budget (x all-Q4_0) | bytes | estimated KL | real KL | tract perplexity | gap closed "
+        f"| first {n_first:,} tokens: perplexity, gap closed | choices |")
+    add("|---:|---:|---:|---:|---:|---:|---:|---|")
     for x in r["rows"]:
         counts = ", ".join(f"{n} {c}" for c, n in sorted(x["counts"].items()))
         add(f"| {x['ratio']:.3f} | {x['bytes']:,.0f} | {x['estimate']:.4g} | "
             f"{x['real_loss']:.4g} | {x['ppl']:.3f} | {100 * _gap_closed(x['ppl'], q4, f32):.0f}% "
-            f"| {counts} |")
+            f"| {x['ppl_first']:.3f}, "
+            f"{100 * _gap_closed(x['ppl_first'], q4_first, f32_first):.0f}% | {counts} |")
     add("")
     add(f"Spearman correlation of estimated and real loss along the front: "
         f"{r['spearman']:.3f}.")
     add("")
     add("Uniform configurations: " + "; ".join(
-        f"{k}: perplexity {v['ppl']:.3f}" for k, v in r["uniform"].items()) + ".")
+        f"{k}: perplexity {v['ppl']:.3f} ({v['ppl_first']:.3f})"
+        for k, v in r["uniform"].items()) + ".")
     add("")
-    add("| rule | bytes (x all-Q4_0) | its perplexity | analyser at the same bytes | "
-        "difference as % of the Q4_0 -> float gap | real KL: rule / analyser |")
-    add("|---|---:|---:|---:|---:|---:|")
+    add("| compared with | bytes (x all-Q4_0) | its perplexity | analyser at the same bytes | "
+        "its perplexity minus the analyser's, as % of the Q4_0 -> float gap, +- standard "
+        f"error | first {n_first:,} tokens: its / analyser's perplexity | "
+        "real KL: its / analyser's |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+
+    def compared(name, v, kl):
+        ours = r["rows"][v["ours_row"]]
+        diff, se = paired(v, ours, q4 - f32)
+        add(f"| {name} | {v['ratio']:.3f} | {v['ppl']:.3f} | {ours['ppl']:.3f} | "
+            f"{100 * diff:.0f}% +- {100 * se:.0f}% | {v['ppl_first']:.3f} / "
+            f"{ours['ppl_first']:.3f} | {kl} |")
     for name, v in r["rules"].items():
-        diff = (v["ppl"] - v["ours_ppl"]) / (q4 - f32)
-        add(f"| {name} | {v['ratio']:.3f} | {v['ppl']:.3f} | {v['ours_ppl']:.3f} | "
-            f"{100 * diff:.0f}% | {v['real_loss']:.4g} / {v['ours_real_loss']:.4g} |")
+        compared(name, v, f"{v['real_loss']:.4g} / {v['ours_real_loss']:.4g}")
     ll = r.get("llamacpp")
     if ll and "skipped" in ll:
-        add(f"| llama.cpp default Q4_0 mixture | not measured: {ll['skipped']} | | | | |")
+        add(f"| llama.cpp default Q4_0 mixture | not measured: {ll['skipped']} | | | | | |")
     if ll and "ratio" in ll:
-        add(f"| llama.cpp default Q4_0 mixture, imatrix of {ll['calibration_tokens']:,} tokens "
-            f"({', '.join(f'{n} {t}' for t, n in sorted(ll['types'].items()))}) | "
-            f"{ll['ratio']:.3f} | {ll['ppl']:.3f} | {ll['ours_ppl']:.3f} | "
-            f"{100 * (ll['ppl'] - ll['ours_ppl']) / (q4 - f32):.0f}% | - |")
+        compared(f"llama.cpp default Q4_0 mixture, imatrix of {ll['calibration_tokens']:,} "
+                 f"tokens ({', '.join(f'{n} {t}' for t, n in sorted(ll['types'].items()))})",
+                 ll, "-")
     add("")
     lat = r["latency"]
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "

@@ -67,14 +67,18 @@ def _run(label, cmd, out, work, stem, env, timeout=3600) -> dict:
             "bytes": path_bytes(out), "verified": _verified(m), "command": cmd}
 
 
-def gpl_windows(tok) -> list:
-    """The evaluation text's first N_TOKENS tokens as windows of WINDOW (no special tokens)."""
+def gpl_windows(tok, n_tokens: int | None = N_TOKENS) -> list:
+    """The evaluation text's first ``n_tokens`` tokens as windows of WINDOW (no special
+    tokens); ``None``: every whole window of the text."""
     import numpy as np
-    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"][:N_TOKENS]
-    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, N_TOKENS, WINDOW)]
+    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"]
+    end = len(ids) - len(ids) % WINDOW if n_tokens is None else n_tokens
+    ids = ids[:end]
+    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, end, WINDOW)]
 
 
-def _ppl_windows(bundle: Path, windows, vocab: int) -> float:
+def window_nlls(bundle: Path, windows, vocab: int) -> list:
+    """tract's NLL of each predicted token, one array per window."""
     import numpy as np
     tb = load_tract(bundle)
     names = [n for n, _ in tb.inputs]
@@ -84,7 +88,11 @@ def _ppl_windows(bundle: Path, windows, vocab: int) -> float:
         logits = tb.runnable.run(feeds)[0].to_numpy()
         assert logits.shape == (1, len(w), vocab), logits.shape
         nll.append(token_nll(logits[0, :-1], w[1:]))
-    return perplexity(nll)[0]
+    return nll
+
+
+def _ppl_windows(bundle: Path, windows, vocab: int) -> float:
+    return perplexity(window_nlls(bundle, windows, vocab))[0]
 
 
 # -- 1. SmolLM2: quantize once, export twice ------------------------------------------------------
