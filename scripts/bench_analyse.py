@@ -319,6 +319,8 @@ def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
     from bench_checkpoint import window_nlls
     loaded = load_model(str(mixed), keep_q4_0=True)
     out = work / "llamacpp_default.tgz"
+    if out.exists():        # an earlier run's, kept with --keep
+        out.unlink()
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
                check_io=None, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
     ppl = scored(window_nlls(out, windows, len(loaded.tokenizer)))
