@@ -96,7 +96,7 @@ def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[dic
         path.unlink()
     t2n.export(model, loaded.args, path, kwargs=loaded.kwargs, dtype="f16", check_io=None,
                dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    out = scored(window_nlls(path, windows, vocab))
+    out = scored(window_nlls(path, windows, vocab, workers=2))
     size = path.stat().st_size
     path.unlink()
     return out, size
@@ -323,7 +323,7 @@ def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
         out.unlink()
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
                check_io=None, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    ppl = scored(window_nlls(out, windows, len(loaded.tokenizer)))
+    ppl = scored(window_nlls(out, windows, len(loaded.tokenizer), workers=2))
     log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity "
         f"{ppl['ppl']:.3f} (first {N_TOKENS} tokens {ppl['ppl_first']:.3f})")
     return {"ratio": ratio, **ppl, "types": types, "command": " ".join(cmd),

@@ -77,8 +77,22 @@ def gpl_windows(tok, n_tokens: int | None = N_TOKENS) -> list:
     return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, end, WINDOW)]
 
 
-def window_nlls(bundle: Path, windows, vocab: int) -> list:
-    """tract's NLL of each predicted token, one array per window."""
+def window_nlls(bundle: Path, windows, vocab: int, workers: int = 1) -> list:
+    """tract's NLL of each predicted token, one array per window; ``workers`` > 1 scores the
+    windows in that many processes (each loads the bundle; tract runs a model on one core)."""
+    if workers > 1 and len(windows) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        parts = [list(range(i, len(windows), workers)) for i in range(workers)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            done = list(ex.map(window_nlls, [bundle] * workers,
+                               [[windows[i] for i in part] for part in parts],
+                               [vocab] * workers))
+        out = [None] * len(windows)
+        for part, nlls in zip(parts, done):
+            for i, x in zip(part, nlls):
+                out[i] = x
+        return out
     import numpy as np
     tb = load_tract(bundle)
     names = [n for n, _ in tb.inputs]
