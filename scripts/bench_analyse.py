@@ -81,9 +81,9 @@ def paired(a: dict, b: dict, gap: float) -> tuple[float, float]:
     perplexity difference): the error of the mean of the per-window NLL differences, carried
     to perplexity at b's (d ppl = ppl d NLL)."""
     import math
+    import statistics
     d = [x - y for x, y in zip(a["window_nll"], b["window_nll"])]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    se = statistics.stdev(d) / math.sqrt(len(d))
     return (a["ppl"] - b["ppl"]) / gap, b["ppl"] * se / gap
 
 
@@ -318,11 +318,9 @@ def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
     from t2n.load import load_model
     from bench_checkpoint import window_nlls
     loaded = load_model(str(mixed), keep_q4_0=True)
-    out = work / "llamacpp_default.tgz"
-    if out.exists():        # an earlier run's, kept with --keep
-        out.unlink()
+    out = work / "llamacpp_default.tgz"      # an earlier run's, kept with --keep, is replaced
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
-               check_io=None, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
+               check_io=None, overwrite=True, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
     ppl = scored(window_nlls(out, windows, len(loaded.tokenizer), workers=2))
     log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity "
         f"{ppl['ppl']:.3f} (first {N_TOKENS} tokens {ppl['ppl_first']:.3f})")
@@ -387,7 +385,8 @@ def render(r: dict) -> str:
         f"from tract (f16 bundles) on the GPL-3 text: all of it ({len(r['eval_tokens'])} "
         f"windows, {n_eval:,} tokens), and its first {n_first:,} tokens beside (the windows "
         f"other sections score). Float model: {f32:.3f} ({f32_first:.3f} on the first "
-        f"{n_first:,}); all-Q4_0 with {best}: {q4:.3f} ({q4_first:.3f}). Analysis (methods + estimates) took {r['analysis_s']:.0f} s on 2 "
+        f"{n_first:,}); all-Q4_0 with {best}: {q4:.3f} ({q4_first:.3f}). Analysis (methods "
+        f"+ estimates) took {r['analysis_s']:.0f} s on 2 "
         f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())})"
         + (" (methods and estimates taken from an earlier run of the same settings: --reuse)"
            if r.get("reused") else "") + ".")
