@@ -112,6 +112,40 @@ def layer_of(block: str):
     return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
 
 
+def rerun_methods(analyser, labels, stage, args, calib) -> dict:
+    """Run ``labels`` of the bag again (methods and value estimates) on a reused analysis
+    stage; first check that the reused estimates reproduce on a few choices of the others."""
+    from t2n.analyse import Analyser, Bag
+    from t2n.analyse.estimate import value_estimates
+    unknown = [x for x in labels if x not in analyser._choices]
+    if unknown:
+        raise SystemExit(f"error: --rerun {','.join(unknown)}: not in the bag {args.methods}")
+    est_b, _ = analyser.batches()
+    kept = [x for x in analyser._choices if x not in labels and analyser._choices[x]]
+    probe = {x: dict(list(analyser._choices[x].items())[:2]) for x in kept[:2]}
+    again = value_estimates(analyser.model, analyser.units, probe, est_b, analyser.loss)
+    diff = max(abs(v - stage["estimates"][k]) for k, v in again.items())
+    log(f"reused estimates reproduce on {len(again)} choices to {diff:.1e}")
+    sub = Analyser(analyser.model, Bag(*labels), calibration_data=str(calib),
+                   task="causal-lm", tokenizer=analyser.tokenizer, samples=args.samples,
+                   seqlen=args.seqlen, float_dtype="f16", progress=True,
+                   analysis_data=analyser.analysis_data)
+    sub._batches = analyser._batches
+    choices, estimates = sub.choices(), sub.estimates("value")
+    log(f"rerun {','.join(labels)}: methods {sub.timings['methods_s']:.0f} s, "
+        f"estimates {sub.timings['value_s']:.0f} s")
+    merged = {x: (choices[x] if x in labels else c) for x, c in analyser._choices.items()}
+    est = {k: v for k, v in stage["estimates"].items() if k[1] not in labels}
+    est.update(estimates)
+    analyser._choices, analyser._estimates["value"] = merged, est
+    made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rerun = dict(stage.get("rerun", {}))
+    for x in labels:
+        rerun[x] = {"made": made, "methods_s": sub.timings["methods_s"],
+                    "value_s": sub.timings["value_s"], "checked": len(again), "max_diff": diff}
+    return dict(stage, choices=merged, estimates=est, rerun=rerun)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write-docs", action="store_true")
@@ -125,6 +159,9 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="take the methods' results and the estimates (and their timings) that "
                          "an earlier run saved in --keep DIR, instead of computing them again")
+    ap.add_argument("--rerun", default="",
+                    help="with --reuse: these methods (comma-separated labels of the bag) run "
+                         "again with the current code, with their estimates, the rest reused")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-minilm", action="store_true")
     args = ap.parse_args()
@@ -162,6 +199,9 @@ def main() -> int:
         analyser.timings.update(stage["timings"])
         analysis_s = stage["analysis_s"]
         log(f"reused the analysis of {stage['made']} from {saved}")
+        if args.rerun:
+            stage = rerun_methods(analyser, args.rerun.split(","), stage, args, calib)
+            torch.save(stage, saved)
     else:
         analyser.choices()
         analyser.estimates("value")
@@ -177,7 +217,8 @@ def main() -> int:
     res = {"methods": [m.label for m in bag], "cheapest": cheapest, "dearest": dearest,
            "samples": args.samples, "seqlen": args.seqlen, "analysis_data": args.analysis_data,
            "timings": dict(analyser.timings), "analysis_s": analysis_s,
-           "reused": bool(args.reuse)}
+           "reused": bool(args.reuse), "made": stage["made"] if args.reuse else None,
+           "rerun": stage.get("rerun", {}) if args.reuse else {}}
     log(f"analysis {analysis_s:.0f} s; sizes {cheapest:,.0f} .. {dearest:,.0f} bytes")
 
     # uniform configurations: the best Q4_0 method for the rules
@@ -388,8 +429,12 @@ def render(r: dict) -> str:
         f"{n_first:,}); all-Q4_0 with {best}: {q4:.3f} ({q4_first:.3f}). Analysis (methods "
         f"+ estimates) took {r['analysis_s']:.0f} s on 2 "
         f"cores ({', '.join(f'{k} {v:.0f} s' for k, v in r['timings'].items())})"
-        + (" (methods and estimates taken from an earlier run of the same settings: --reuse)"
-           if r.get("reused") else "") + ".")
+        + (f" (methods and estimates taken from an earlier run of the same settings, "
+           f"{r.get('made')}: --reuse)" if r.get("reused") else "") + "."
+        + "".join(f" {label} and its estimates were made again by the current code "
+                  f"({v['made']}, {v['methods_s']:.0f} s + {v['value_s']:.0f} s; the other "
+                  f"methods' estimates, checked on {v['checked']} choices, reproduce to "
+                  f"{v['max_diff']:.1e})." for label, v in r.get("rerun", {}).items()))
     add("")
     add(f"| budget (x all-Q4_0) | bytes | estimated KL | real KL | tract perplexity | gap closed "
         f"| first {n_first:,} tokens: perplexity, gap closed | choices |")

@@ -73,6 +73,24 @@ def test_fit_scales_never_worse_than_round_to_nearest_and_stores_f16_scales():
     assert float(weighted_error(x, w, d_u, q_u).sum()) > float(ours.sum())
 
 
+def test_imatrix_keeps_weakly_driven_peaks_unless_told_to_clip():
+    """A column that drives little on the calibration inputs holds each block's peak: the old
+    candidates (0.7-1.1x GGML's scale) clip it for the weighted error, the default keeps it."""
+    from t2n.compress.imatrix import Imatrix, ImatrixOptions
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(64, 64, generator=g) * 0.02
+    w[:, 0] = 0.08 * torch.sign(torch.randn(64, generator=g))   # 4 sigma
+    stat = {"sq": torch.ones(64) * 64, "n": 64}
+    stat["sq"][0] = 0.2 * 64
+    peak_error = {}
+    for lo, hi in ((0.9, 1.45), (0.7, 1.1)):
+        d, q = Imatrix(ImatrixOptions(scale_min=lo, scale_max=hi)).quantize_layer(
+            "x", None, w, stat)
+        decoded = (q.float() * d.float()[:, None]).reshape(w.shape)
+        peak_error[lo] = float(((decoded[:, 0] - w[:, 0]).abs() / w[:, 0].abs()).mean())
+    assert peak_error[0.9] < 0.11 < 0.14 < peak_error[0.7], peak_error
+
+
 def test_fit_scales_keeps_zero_blocks_exact():
     x = torch.zeros(3, 32)
     x[1, 5] = 0.25
@@ -246,6 +264,11 @@ def test_bad_option_values_are_refused():
     model = tiny_llama(layers=1)
     for opts, match in (({"preset": "slowest"}, "preset"), ({"target": "x"}, "target"),
                         ({"min_scale": 2.0}, "min_scale")):
+        with pytest.raises(CompressionError, match=match):
+            fn(model, calibration=calibration_for(None, model=model, lm=True), **opts)
+    fn = compress.BUILTIN["imatrix_q4_0"]
+    for opts, match in (({"scale_min": 0.0}, "scale_min"),
+                        ({"scale_min": 1.5, "scale_max": 1.2}, "scale_max")):
         with pytest.raises(CompressionError, match=match):
             fn(model, calibration=calibration_for(None, model=model, lm=True), **opts)
 

@@ -6,7 +6,9 @@ For each block, every weight gets an offset ``v`` in [-0.5, 0.5] added before ro
 straight-through estimator), and ``v``, ``s`` follow the sign of the gradient of the block's
 output error (SignSGD, learning rate ``lr`` decaying linearly to 0) on a random batch of the
 calibration windows per step; the step with the least loss is kept. ``d0`` starts from the
-imatrix scale search (the best of the cheaper scales), so step 0 is imatrix_q4_0's result.
+imatrix-weighted scale search of ``fit_scales`` (its own candidates, 0.7-1.1x GGML's scale;
+the learned ``s`` then moves it): step 0 is imatrix_q4_0 with
+``steps=8,scale_min=0.7,scale_max=1.1``.
 
 ``target``: ``float`` fits the block to the float model's own outputs (inputs carried through
 the float blocks; the importance of the start is observed on that stream), ``quantized`` to the

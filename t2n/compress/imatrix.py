@@ -6,6 +6,13 @@ the calibration tokens), as llama.cpp's imatrix quantization does; see q4_0_fit.
 error of the block, cross terms left out); ``llama`` multiplies that by
 ``sqrt(sigma^2 + x_j^2)`` (the row's weight variance plus the weight's square), llama.cpp's
 own choice for Q4_0, which also favours large weights.
+
+``scale_min``/``scale_max``: the candidate scales, as multiples of GGML's own (the peak on the
+end level). Below 1 the peak is clipped; the weighted error on the calibration inputs likes that
+when the peak's column is weakly driven there, but other text drives it too. On SmolLM2-135M
+(Q4_0 on every decoder Linear, the table in 8 bits, calibrated on Python's documentation) the
+candidates 0.7-1.1x give 30.03 perplexity on the GPL-3 text in torch and 0.9-1.45x give 28.91,
+where llama.cpp's own imatrix Q4_0 of the same importance gives 30.21.
 """
 from __future__ import annotations
 
@@ -27,9 +34,16 @@ WEIGHTINGS = ("imatrix", "llama")
 class ImatrixOptions(CommonOptions):
     weighting: str = "imatrix"
     steps: int = 16          # candidate scales per orientation
+    scale_min: float = 0.9   # the candidates, as multiples of GGML's scale (peak / 8)
+    scale_max: float = 1.45
 
     def __post_init__(self):
         super().__post_init__()
+        if not (isinstance(self.scale_min, (int, float)) and isinstance(self.scale_max, (int, float))
+                and 0 < self.scale_min <= self.scale_max):
+            raise CompressionError(f"options scale_min={self.scale_min!r}, "
+                                   f"scale_max={self.scale_max!r}",
+                                   "give 0 < scale_min <= scale_max (e.g. 0.9 and 1.45)")
         if self.weighting not in WEIGHTINGS:
             raise CompressionError(f"option weighting={self.weighting!r}",
                                    f"use one of: {', '.join(WEIGHTINGS)}")
@@ -54,7 +68,9 @@ class Imatrix(Method):
 
     def quantize_layer(self, name, module, weight, stat):
         w = imatrix_weights(weight, self.importance(stat), self.options.weighting)
-        return fit_scales(weight.reshape(-1, BLOCK), w, steps=self.options.steps)
+        o = self.options
+        return fit_scales(weight.reshape(-1, BLOCK), w, steps=o.steps,
+                          spread=(o.scale_min, o.scale_max))
 
 
 BUILTIN.update({
