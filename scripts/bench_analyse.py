@@ -112,37 +112,39 @@ def layer_of(block: str):
     return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
 
 
-def rerun_methods(analyser, labels, stage, args, calib) -> dict:
+def rerun_methods(analyser, labels, stage, args) -> dict:
     """Run ``labels`` of the bag again (methods and value estimates) on a reused analysis
     stage; first check that the reused estimates reproduce on a few choices of the others."""
-    from t2n.analyse import Analyser, Bag
+    from t2n.analyse import Bag
+    from t2n.analyse.bag import run_methods
     from t2n.analyse.estimate import value_estimates
     unknown = [x for x in labels if x not in analyser._choices]
     if unknown:
         raise SystemExit(f"error: --rerun {','.join(unknown)}: not in the bag {args.methods}")
     est_b, _ = analyser.batches()
+
+    def estimate(choices):
+        return value_estimates(analyser.model, analyser.units, choices, est_b, analyser.loss)
     kept = [x for x in analyser._choices if x not in labels and analyser._choices[x]]
-    probe = {x: dict(list(analyser._choices[x].items())[:2]) for x in kept[:2]}
-    again = value_estimates(analyser.model, analyser.units, probe, est_b, analyser.loss)
+    again = estimate({x: dict(list(analyser._choices[x].items())[:2]) for x in kept[:2]})
     diff = max(abs(v - stage["estimates"][k]) for k, v in again.items())
     log(f"reused estimates reproduce on {len(again)} choices to {diff:.1e}")
-    sub = Analyser(analyser.model, Bag(*labels), calibration_data=str(calib),
-                   task="causal-lm", tokenizer=analyser.tokenizer, samples=args.samples,
-                   seqlen=args.seqlen, float_dtype="f16", progress=True,
-                   analysis_data=analyser.analysis_data)
-    sub._batches = analyser._batches
-    choices, estimates = sub.choices(), sub.estimates("value")
-    log(f"rerun {','.join(labels)}: methods {sub.timings['methods_s']:.0f} s, "
-        f"estimates {sub.timings['value_s']:.0f} s")
-    merged = {x: (choices[x] if x in labels else c) for x, c in analyser._choices.items()}
+    t0 = time.perf_counter()
+    choices = run_methods(analyser.model, Bag(*labels), analyser.units,
+                          tokenizer=analyser.tokenizer, make_calibration=lambda m:
+                          analyser._calibration(analyser.calibration_data))
+    t1 = time.perf_counter()
+    estimates = estimate(choices)
+    times = {"methods_s": t1 - t0, "value_s": time.perf_counter() - t1}
+    log(f"rerun {','.join(labels)}: methods {times['methods_s']:.0f} s, "
+        f"estimates {times['value_s']:.0f} s")
+    merged = {x: choices.get(x, c) for x, c in analyser._choices.items()}
     est = {k: v for k, v in stage["estimates"].items() if k[1] not in labels}
     est.update(estimates)
     analyser._choices, analyser._estimates["value"] = merged, est
     made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rerun = dict(stage.get("rerun", {}))
-    for x in labels:
-        rerun[x] = {"made": made, "methods_s": sub.timings["methods_s"],
-                    "value_s": sub.timings["value_s"], "checked": len(again), "max_diff": diff}
+    rerun = dict(stage.get("rerun", {}), **{x: dict(times, made=made, checked=len(again),
+                                                     max_diff=diff) for x in labels})
     return dict(stage, choices=merged, estimates=est, rerun=rerun)
 
 
@@ -200,7 +202,7 @@ def main() -> int:
         analysis_s = stage["analysis_s"]
         log(f"reused the analysis of {stage['made']} from {saved}")
         if args.rerun:
-            stage = rerun_methods(analyser, args.rerun.split(","), stage, args, calib)
+            stage = rerun_methods(analyser, args.rerun.split(","), stage, args)
             torch.save(stage, saved)
     else:
         analyser.choices()
@@ -361,7 +363,8 @@ def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
     loaded = load_model(str(mixed), keep_q4_0=True)
     out = work / "llamacpp_default.tgz"      # an earlier run's, kept with --keep, is replaced
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
-               check_io=None, overwrite=True, dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
+               check_io=None, overwrite=True,
+               dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
     ppl = scored(window_nlls(out, windows, len(loaded.tokenizer), workers=2))
     log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity "
         f"{ppl['ppl']:.3f} (first {N_TOKENS} tokens {ppl['ppl_first']:.3f})")

@@ -39,8 +39,8 @@ class ImatrixOptions(CommonOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (isinstance(self.scale_min, (int, float)) and isinstance(self.scale_max, (int, float))
-                and 0 < self.scale_min <= self.scale_max):
+        scales = (self.scale_min, self.scale_max)
+        if not (all(isinstance(v, (int, float)) for v in scales) and 0 < scales[0] <= scales[1]):
             raise CompressionError(f"options scale_min={self.scale_min!r}, "
                                    f"scale_max={self.scale_max!r}",
                                    "give 0 < scale_min <= scale_max (e.g. 0.9 and 1.45)")
