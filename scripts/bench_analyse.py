@@ -20,7 +20,11 @@ Every configuration is then exported (f16) and tract computes its perplexity on 
 text: all of it (every whole window of 256 tokens), and its first 2048 tokens (8 windows, as
 scripts/bench_quality.py measures) beside. Each comparison at equal bytes gives the standard
 error of its difference: of the mean over windows of the paired per-window NLL differences (the
-windows are scored by both models). The analyser's sweep, the
+windows are scored by both models). Every bundle is scored on a second text too, of another
+kind than a licence (chapters 1-12 of Vim's user manual, Debian's vim-runtime: 24 windows;
+evaluation only, skipped without it), and the comparisons are repeated there, each against that
+text's own gap: one text's point figures can favour a configuration by the text's domain. The
+analyser's sweep, the
 uniform all-Q4_0 configuration of each method, and two rules at their own bytes, each beside the
 analyser's configuration at the same bytes:
   (a) the first and the last decoder layers kept float (f16), everything else Q4_0;
@@ -62,6 +66,24 @@ EIGHT_BIT = "w8_per_row_all"
 
 
 FIRST = N_TOKENS // WINDOW     # the windows of the first 2048 tokens
+# a second evaluation text, of another kind than a licence: chapters 1-12 of Vim's user
+# manual (Debian's vim-runtime), its first SECOND_WINDOWS windows; evaluation only, as GPL-3
+SECOND_GLOB = "/usr/share/vim/vim*/doc/usr_[01][0-9].txt"
+SECOND_WINDOWS = 24
+
+
+def second_windows(tok):
+    """The second evaluation text's windows of WINDOW tokens, or None without vim-runtime."""
+    import glob
+
+    import numpy as np
+    files = sorted(f for f in glob.glob(SECOND_GLOB) if int(f[-6:-4]) <= 12)
+    if not files:
+        return None
+    text = "".join(Path(f).read_text(errors="replace") for f in files)
+    ids = tok(text, add_special_tokens=False)["input_ids"][:SECOND_WINDOWS * WINDOW]
+    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, len(ids) - WINDOW + 1,
+                                                                    WINDOW)]
 
 
 def scored(nlls) -> dict:
@@ -87,8 +109,10 @@ def paired(a: dict, b: dict, gap: float) -> tuple[float, float]:
     return (a["ppl"] - b["ppl"]) / gap, b["ppl"] * se / gap
 
 
-def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[dict, int]:
-    """Export ``model`` (f16) and return (``scored`` perplexities from tract, bundle bytes)."""
+def tract_ppl(model, loaded, windows, vocab, work: Path, name: str,
+              second=None) -> tuple[dict, int]:
+    """Export ``model`` (f16) and return (``scored`` perplexities from tract, bundle bytes);
+    with ``second`` (windows of the second text), its ``scored`` under "second"."""
     import t2n
     from bench_checkpoint import window_nlls
     path = work / f"{name}.tgz"
@@ -97,6 +121,8 @@ def tract_ppl(model, loaded, windows, vocab, work: Path, name: str) -> tuple[dic
     t2n.export(model, loaded.args, path, kwargs=loaded.kwargs, dtype="f16", check_io=None,
                dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
     out = scored(window_nlls(path, windows, vocab, workers=2))
+    if second:
+        out["second"] = scored(window_nlls(path, second, vocab, workers=2))
     size = path.stat().st_size
     path.unlink()
     return out, size
@@ -182,6 +208,9 @@ def main() -> int:
     loaded = load_model(str(gguf))
     model, tok = loaded.module, loaded.tokenizer
     windows = gpl_windows(tok, None)
+    second = second_windows(tok)
+    if second is None:
+        log(f"no second evaluation text ({SECOND_GLOB}): apt-get install vim-runtime")
     vocab = len(tok)
     bag = Bag(*args.methods.split(","))
     t0 = time.perf_counter()
@@ -254,7 +283,7 @@ def main() -> int:
     # llama.cpp's own default mixture
     llama = None
     if not args.no_llamacpp:
-        llama = llamacpp_mixture(work, calib, windows)
+        llama = llamacpp_mixture(work, calib, windows, second)
     values = sorted({*(r * cheapest for r in RATIOS), *rule_bytes.values(),
                      *([llama["ratio"] * cheapest] if llama and "ratio" in llama else [])})
     values = [v for v in values if v <= dearest] + [dearest]
@@ -266,14 +295,16 @@ def main() -> int:
         units_map = {u.name: list(u.blocks) for u in analyser.units}
         config = MixedConfig(units_map, choice, {m.label: m for m in bag})
         work_model = config.apply(copy.deepcopy(model), cache=cache)
-        ppl, size = tract_ppl(work_model, loaded, windows, vocab, work, name)
+        ppl, size = tract_ppl(work_model, loaded, windows, vocab, work, name, second)
         del work_model
         log(f"  {name}: perplexity {ppl['ppl']:.3f} (first {N_TOKENS} tokens "
-            f"{ppl['ppl_first']:.3f}), bundle {size / 1e6:.1f} MB")
+            f"{ppl['ppl_first']:.3f}" + (f"; second text {ppl['second']['ppl']:.3f}"
+                                         if second else "") + f"), bundle {size / 1e6:.1f} MB")
         return ppl, size
 
-    f32, _ = tract_ppl(copy.deepcopy(model), loaded, windows, vocab, work, "float")
+    f32, _ = tract_ppl(copy.deepcopy(model), loaded, windows, vocab, work, "float", second)
     res["eval_tokens"] = [len(w) for w in windows]
+    res["second_tokens"] = [len(w) for w in second] if second else None
     res["float"] = f32
     rows = []
     for budget in sorted(results):
@@ -327,7 +358,7 @@ def main() -> int:
     return 0
 
 
-def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
+def llamacpp_mixture(work: Path, calib: Path, windows, second=None) -> dict:
     """llama.cpp's default Q4_0 (not --pure) with an importance matrix of 16 x 512 tokens."""
     import _quant_baselines as qb
     try:
@@ -366,6 +397,8 @@ def llamacpp_mixture(work: Path, calib: Path, windows) -> dict:
                check_io=None, overwrite=True,
                dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
     ppl = scored(window_nlls(out, windows, len(loaded.tokenizer), workers=2))
+    if second:
+        ppl["second"] = scored(window_nlls(out, second, len(loaded.tokenizer), workers=2))
     log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity "
         f"{ppl['ppl']:.3f} (first {N_TOKENS} tokens {ppl['ppl_first']:.3f})")
     return {"ratio": ratio, **ppl, "types": types, "command": " ".join(cmd),
@@ -402,6 +435,40 @@ def minilm() -> dict:
 
 def _gap_closed(ppl, q4, f32):
     return (q4 - ppl) / (q4 - f32) if q4 != f32 else float("nan")
+
+
+def render_second(r: dict, add) -> None:
+    """The comparisons again on the second evaluation text, its gap from its own perplexities
+    of the float model and of the same all-Q4_0 configuration."""
+    best = r["best_uniform"]
+    f32, q4 = r["float"]["second"]["ppl"], r["uniform"][best]["second"]["ppl"]
+    gap = q4 - f32
+    add(f"The same bundles on a second text, of another kind than a licence (evaluation "
+        f"only, as GPL-3): chapters 1-12 of Vim's user manual (Debian's vim-runtime), its "
+        f"first {sum(r['second_tokens']):,} tokens ({len(r['second_tokens'])} windows of "
+        f"{WINDOW}). Float model: {f32:.3f}; all-Q4_0 with {best}: {q4:.3f}; uniform: "
+        + "; ".join(f"{k} {v['second']['ppl']:.3f}" for k, v in r["uniform"].items()) + ".")
+    add("")
+    at = next((x for x in r["rows"] if abs(x["ratio"] - 1.25) < 1e-9), None)
+    if at:
+        add(f"At 1.25x the all-Q4_0 bytes: {at['second']['ppl']:.3f}, "
+            f"{100 * _gap_closed(at['second']['ppl'], q4, f32):.0f}% of this text's gap "
+            f"closed.")
+        add("")
+    add("| compared with | bytes (x all-Q4_0) | its perplexity | analyser at the same bytes | "
+        "its perplexity minus the analyser's, as % of this text's Q4_0 -> float gap, +- "
+        "standard error |")
+    add("|---|---:|---:|---:|---:|")
+    named = [*r["rules"].items()]
+    ll = r.get("llamacpp")
+    if ll and "ratio" in ll and "second" in ll:
+        named.append(("llama.cpp default Q4_0 mixture", ll))
+    for name, v in named:
+        ours = r["rows"][v["ours_row"]]["second"]
+        diff, se = paired(v["second"], ours, gap)
+        add(f"| {name} | {v['ratio']:.3f} | {v['second']['ppl']:.3f} | {ours['ppl']:.3f} | "
+            f"{100 * diff:.0f}% +- {100 * se:.0f}% |")
+    add("")
 
 
 def render(r: dict) -> str:
@@ -478,6 +545,12 @@ def render(r: dict) -> str:
                  f"tokens ({', '.join(f'{n} {t}' for t, n in sorted(ll['types'].items()))})",
                  ll, "-")
     add("")
+    if r.get("second_tokens"):
+        render_second(r, add)
+    elif "second_tokens" in r:
+        add(f"Second evaluation text: not measured ({SECOND_GLOB} absent: apt-get install "
+            "vim-runtime).")
+        add("")
     lat = r["latency"]
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "
         f"{lat['past']} cached ones; fastest "
