@@ -20,10 +20,12 @@ Every configuration is then exported (f16) and tract computes its perplexity on 
 text: all of it (every whole window of 256 tokens), and its first 2048 tokens (8 windows, as
 scripts/bench_quality.py measures) beside. Each comparison at equal bytes gives the standard
 error of its difference: of the mean over windows of the paired per-window NLL differences (the
-windows are scored by both models). Every bundle is scored on a second text too, of another
-kind than a licence (chapters 1-12 of Vim's user manual, Debian's vim-runtime: 24 windows;
-evaluation only, skipped without it), and the comparisons are repeated there, each against that
-text's own gap: one text's point figures can favour a configuration by the text's domain. The
+windows are scored by both models). The bundles of the comparisons (float, the best all-Q4_0,
+the rules, llama.cpp's mixture and the analyser's configurations at their bytes and at 1.25x)
+are scored on a second text too, of another kind than a licence (chapters 1-12 of Vim's user
+manual, Debian's vim-runtime: 24 windows; evaluation only, skipped without it), and the
+comparisons are repeated there, each against that text's own gap: one text's point figures can
+favour a configuration by the text's domain. The
 analyser's sweep, the
 uniform all-Q4_0 configuration of each method, and two rules at their own bytes, each beside the
 analyser's configuration at the same bytes:
@@ -291,15 +293,23 @@ def main() -> int:
                            num_real_loss_batches=len(val_b), measure_latency=False)
     res["spearman"] = results.spearman
 
-    def score(choice, name):
+    # the second text scores only the bundles that its comparisons need (it costs as much as
+    # the first): the float model, the best uniform Q4_0, the rules, and the analyser's
+    # configurations at their bytes and at 1.25x
+    compared_at = [1.25 * cheapest, *rule_bytes.values(),
+                   *([llama["ratio"] * cheapest] if llama and "ratio" in llama else [])]
+
+    def score(choice, name, on_second=True):
         units_map = {u.name: list(u.blocks) for u in analyser.units}
         config = MixedConfig(units_map, choice, {m.label: m for m in bag})
         work_model = config.apply(copy.deepcopy(model), cache=cache)
-        ppl, size = tract_ppl(work_model, loaded, windows, vocab, work, name, second)
+        ppl, size = tract_ppl(work_model, loaded, windows, vocab, work, name,
+                              second if on_second else None)
         del work_model
         log(f"  {name}: perplexity {ppl['ppl']:.3f} (first {N_TOKENS} tokens "
             f"{ppl['ppl_first']:.3f}" + (f"; second text {ppl['second']['ppl']:.3f}"
-                                         if second else "") + f"), bundle {size / 1e6:.1f} MB")
+                                         if "second" in ppl else "")
+            + f"), bundle {size / 1e6:.1f} MB")
         return ppl, size
 
     f32, _ = tract_ppl(copy.deepcopy(model), loaded, windows, vocab, work, "float", second)
@@ -309,14 +319,15 @@ def main() -> int:
     rows = []
     for budget in sorted(results):
         r = results[budget]
-        ppl, size = score(r.config.choices, f"sweep_{len(rows)}")
+        ppl, size = score(r.config.choices, f"sweep_{len(rows)}",
+                          any(abs(budget - v) < 1e-6 for v in compared_at))
         rows.append({"budget": budget, "ratio": budget / cheapest, "bytes": r.size_bytes,
                      "estimate": r.objective, "real_loss": r.real_loss, **ppl,
                      "bundle_bytes": size, "counts": r.config.counts()})
     res["rows"] = rows
     res["uniform"] = {}
     for label, u in uniform.items():
-        ppl, size = score(u["choice"], f"uniform_{label}")
+        ppl, size = score(u["choice"], f"uniform_{label}", label == best)
         res["uniform"][label] = {"real_loss": u["real_loss"], "bytes": u["bytes"], **ppl,
                                  "bundle_bytes": size}
     res["best_uniform"] = best
@@ -446,8 +457,8 @@ def render_second(r: dict, add) -> None:
     add(f"The same bundles on a second text, of another kind than a licence (evaluation "
         f"only, as GPL-3): chapters 1-12 of Vim's user manual (Debian's vim-runtime), its "
         f"first {sum(r['second_tokens']):,} tokens ({len(r['second_tokens'])} windows of "
-        f"{WINDOW}). Float model: {f32:.3f}; all-Q4_0 with {best}: {q4:.3f}; uniform: "
-        + "; ".join(f"{k} {v['second']['ppl']:.3f}" for k, v in r["uniform"].items()) + ".")
+        f"{WINDOW}), scored for the comparisons only. Float model: {f32:.3f}; all-Q4_0 with "
+        f"{best}: {q4:.3f}.")
     add("")
     at = next((x for x in r["rows"] if abs(x["ratio"] - 1.25) < 1e-9), None)
     if at:
