@@ -57,7 +57,7 @@ from pathlib import Path
 from _bench_common import (git_state, load_line, log, machine_line, run_meta,
                            save_results, work_folder, write_docs)
 from _bench_llm_models import find_gguf
-from bench_checkpoint import N_TOKENS, WINDOW, gpl_windows
+from bench_checkpoint import N_TOKENS, WINDOW, gpl_windows, text_windows, window_nlls
 
 START, END = "<!-- bench_analyse:start -->", "<!-- bench_analyse:end -->"
 AFTER = "<!-- bench_checkpoint:end -->"
@@ -77,15 +77,11 @@ SECOND_WINDOWS = 24
 def second_windows(tok):
     """The second evaluation text's windows of WINDOW tokens, or None without vim-runtime."""
     import glob
-
-    import numpy as np
     files = sorted(f for f in glob.glob(SECOND_GLOB) if int(f[-6:-4]) <= 12)
     if not files:
         return None
     text = "".join(Path(f).read_text(errors="replace") for f in files)
-    ids = tok(text, add_special_tokens=False)["input_ids"][:SECOND_WINDOWS * WINDOW]
-    return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, len(ids) - WINDOW + 1,
-                                                                    WINDOW)]
+    return text_windows(text, tok, SECOND_WINDOWS * WINDOW)
 
 
 def scored(nlls) -> dict:
@@ -111,20 +107,25 @@ def paired(a: dict, b: dict, gap: float) -> tuple[float, float]:
     return (a["ppl"] - b["ppl"]) / gap, b["ppl"] * se / gap
 
 
+def bundle_ppl(path: Path, windows, vocab, second=None) -> dict:
+    """``scored`` perplexities of the bundle at ``path`` from tract; with ``second`` (windows
+    of the second text), its ``scored`` under "second"."""
+    out = scored(window_nlls(path, windows, vocab, workers=2))
+    if second:
+        out["second"] = scored(window_nlls(path, second, vocab, workers=2))
+    return out
+
+
 def tract_ppl(model, loaded, windows, vocab, work: Path, name: str,
               second=None) -> tuple[dict, int]:
-    """Export ``model`` (f16) and return (``scored`` perplexities from tract, bundle bytes);
-    with ``second`` (windows of the second text), its ``scored`` under "second"."""
+    """Export ``model`` (f16) and return (``bundle_ppl``, bundle bytes)."""
     import t2n
-    from bench_checkpoint import window_nlls
     path = work / f"{name}.tgz"
     if path.exists():
         path.unlink()
     t2n.export(model, loaded.args, path, kwargs=loaded.kwargs, dtype="f16", check_io=None,
                dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    out = scored(window_nlls(path, windows, vocab, workers=2))
-    if second:
-        out["second"] = scored(window_nlls(path, second, vocab, workers=2))
+    out = bundle_ppl(path, windows, vocab, second)
     size = path.stat().st_size
     path.unlink()
     return out, size
@@ -401,15 +402,12 @@ def llamacpp_mixture(work: Path, calib: Path, windows, second=None) -> dict:
     ratio = tensor_bytes(mixed) / tensor_bytes(pure["gguf"])
     import t2n
     from t2n.load import load_model
-    from bench_checkpoint import window_nlls
     loaded = load_model(str(mixed), keep_q4_0=True)
     out = work / "llamacpp_default.tgz"      # an earlier run's, kept with --keep, is replaced
     t2n.export(loaded.module, loaded.args, out, kwargs=loaded.kwargs, dtype="f16",
                check_io=None, overwrite=True,
                dynamic_axes={"input_ids": {1: "S"}, "attention_mask": {1: "S"}})
-    ppl = scored(window_nlls(out, windows, len(loaded.tokenizer), workers=2))
-    if second:
-        ppl["second"] = scored(window_nlls(out, second, len(loaded.tokenizer), workers=2))
+    ppl = bundle_ppl(out, windows, len(loaded.tokenizer), second)
     log(f"  llama.cpp default mixture: {ratio:.3f}x pure Q4_0 bytes, perplexity "
         f"{ppl['ppl']:.3f} (first {N_TOKENS} tokens {ppl['ppl_first']:.3f})")
     return {"ratio": ratio, **ppl, "types": types, "command": " ".join(cmd),

@@ -70,10 +70,15 @@ def _run(label, cmd, out, work, stem, env, timeout=3600) -> dict:
 def gpl_windows(tok, n_tokens: int | None = N_TOKENS) -> list:
     """The evaluation text's first ``n_tokens`` tokens as windows of WINDOW (no special
     tokens); ``None``: every whole window of the text."""
+    return text_windows(TEXT.read_text(), tok, n_tokens)
+
+
+def text_windows(text: str, tok, n_tokens: int | None = None) -> list:
+    """``text``'s first ``n_tokens`` tokens (None: all) as its whole windows of WINDOW tokens
+    (no special tokens)."""
     import numpy as np
-    ids = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"]
-    end = len(ids) - len(ids) % WINDOW if n_tokens is None else n_tokens
-    ids = ids[:end]
+    ids = tok(text, add_special_tokens=False)["input_ids"][:n_tokens]
+    end = len(ids) - len(ids) % WINDOW
     return [np.asarray(ids[i:i + WINDOW], np.int64) for i in range(0, end, WINDOW)]
 
 
