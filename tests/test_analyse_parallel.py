@@ -47,7 +47,9 @@ def _run(tmp_path, nproc):
                tests]
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env,
                           timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    causes = [l for l in proc.stderr.splitlines()
+              if any(w in l for w in ("Error", "what()", "terminate", "Abort"))]
+    assert proc.returncode == 0, "\n".join(causes[:20]) + "\n" + proc.stderr[-2000:]
     return json.loads(out.read_text())
 
 

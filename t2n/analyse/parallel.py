@@ -7,6 +7,7 @@ deterministic); tract latencies are measured by process 0 and sent to the others
 """
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -29,11 +30,20 @@ def init_from_env(device: str = "cpu") -> bool:
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     global _COLLECTIVE_DEVICE
     _COLLECTIVE_DEVICE = "cuda" if dist.get_backend() == "nccl" else "cpu"
     return True
+
+
+def _leave() -> None:
+    """Leave the process group while the interpreter is whole: a gloo group left to interpreter
+    shutdown can abort the process (SIGABRT) after all the work is done."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:
