@@ -49,12 +49,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from _bench_common import (git_state, load_line, log, machine_line, run_meta,
+from _bench_common import (RESULTS, git_state, load_line, log, machine_line, run_meta,
                            save_results, work_folder, write_docs)
 from _bench_llm_models import find_gguf
 from bench_checkpoint import N_TOKENS, WINDOW, gpl_windows, text_windows, window_nlls
@@ -195,7 +196,12 @@ def main() -> int:
                          "again with the current code, with their estimates, the rest reused")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-minilm", action="store_true")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="with --reuse: measure the latency budget again and write it into the "
+                         "last results (docs/bench_analyse.json), the rest kept as measured")
     args = ap.parse_args()
+    if args.latency_only and not args.reuse:
+        raise SystemExit("error: --latency-only needs --reuse --keep DIR (the analysis stage)")
     t_start, load0 = time.perf_counter(), os.getloadavg()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
@@ -245,6 +251,16 @@ def main() -> int:
                         "timings": dict(analyser.timings), "analysis_s": analysis_s,
                         "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "setting": setting}, saved)
+    if args.latency_only:
+        res = json.loads((RESULTS / "bench_analyse.json").read_text())
+        res["latency"] = latency_section(analyser, len(analyser.batches()[1]))
+        res["latency"]["meta"] = run_meta("scripts/bench_analyse.py", t_start, load0)
+        text = render(res)
+        print(text)
+        if args.write_docs:
+            write_docs(text, START, END, after=AFTER)
+            save_results("bench_analyse", res)
+        return 0
     problem = analyser.problem("size", "value")
     cheapest = problem.extreme(cheapest=True)
     dearest = problem.extreme(cheapest=False)
@@ -345,18 +361,7 @@ def main() -> int:
         llama["ours_row"] = next(i for i, x in enumerate(rows)
                                  if abs(x["budget"] - llama["ratio"] * cheapest) < 1e-6)
     res["llamacpp"] = llama
-    # a latency budget, in ms: halfway between the fastest and the slowest configuration
-    lat_problem = analyser.problem("latency", "value")
-    lo, hi = lat_problem.extreme(cheapest=True), lat_problem.extreme(cheapest=False)
-    budget_ms = round((lo + hi) / 2 * 1e3, 3)
-    lat = analyser.run(constraint_values=[f"{budget_ms}ms"], constraint_type="latency",
-                       num_real_loss_batches=len(val_b))
-    (lr,) = lat.values()
-    from t2n.analyse.latency import DECODE_PAST
-    res["latency"] = {"budget_ms": budget_ms, "estimated_ms": lr.cost * 1e3, "past": DECODE_PAST,
-                      "measured_ms": lr.latency_s * 1e3, "fastest_ms": lo * 1e3,
-                      "slowest_ms": hi * 1e3, "counts": lr.config.counts(),
-                      "real_loss": lr.real_loss}
+    res["latency"] = latency_section(analyser, len(val_b))
     res["timings"] = dict(analyser.timings)
     if not args.no_minilm:
         res["minilm"] = minilm()
@@ -368,6 +373,25 @@ def main() -> int:
         write_docs(text, START, END, after=AFTER)
         save_results("bench_analyse", res)
     return 0
+
+
+def latency_section(analyser, n_val: int) -> dict:
+    """A latency budget in ms halfway between the fastest and the slowest configuration: the
+    analyser's configuration for it, estimated and measured end to end in tract."""
+    from t2n.analyse.latency import DECODE_PAST
+    problem = analyser.problem("latency", "value")
+    lo, hi = problem.extreme(cheapest=True), problem.extreme(cheapest=False)
+    budget_ms = round((lo + hi) / 2 * 1e3, 3)
+    (lr,) = analyser.run(constraint_values=[f"{budget_ms}ms"], constraint_type="latency",
+                         num_real_loss_batches=n_val).values()
+    fit = analyser.latency_fit
+    return {"budget_ms": budget_ms, "estimated_ms": lr.cost * 1e3, "past": DECODE_PAST,
+            "measured_ms": lr.latency_s * 1e3, "fastest_ms": lo * 1e3, "slowest_ms": hi * 1e3,
+            "counts": lr.config.counts(), "real_loss": lr.real_loss,
+            "fixed_ms": fit["fixed_s"] * 1e3, "ms_per_mb": fit["s_per_byte"] * 1e9,
+            "uniform": [{"label": c["uniform"], "estimated_ms": c["estimated_s"] * 1e3,
+                         "measured_ms": c["measured_s"] * 1e3} for c in fit["configurations"]],
+            "seconds": analyser.timings.get("latency_s")}
 
 
 def llamacpp_mixture(work: Path, calib: Path, windows, second=None) -> dict:
@@ -561,6 +585,20 @@ def render(r: dict) -> str:
             "vim-runtime).")
         add("")
     lat = r["latency"]
+    if "meta" in lat:
+        add(f"The latency figures were measured again on their own, {lat['meta']['date']} by "
+            f"`{lat['meta']['bench_cmd']}` ({lat['meta']['total_s'] / 60:.0f} min), commit "
+            f"{lat['meta']['git']}.")
+        add(load_line(lat["meta"], "Latency run: "))
+        add("")
+    if "fixed_ms" in lat:
+        add(f"Latency estimate: each choice's block timed alone in tract plus "
+            f"{lat['ms_per_mb']:.3f} ms per MB of its weights, and a fixed "
+            f"{lat['fixed_ms']:.3f} ms, fitted to the uniform configurations measured end to "
+            f"end: " + "; ".join(f"{u['label']} estimated {u['estimated_ms']:.3f} ms, measured "
+                                  f"{u['measured_ms']:.3f} ms" for u in lat["uniform"])
+            + (f" (block table and fit: {lat['seconds']:.0f} s)." if lat.get("seconds")
+               else "."))
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "
         f"{lat['past']} cached ones; fastest "
         f"configuration {lat['fastest_ms']:.3f} ms, slowest {lat['slowest_ms']:.3f} ms): "

@@ -193,6 +193,12 @@ def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_resu
     # blocks of the same kind, shape and storage format are timed once: two Q4_0 methods agree
     assert all(lat[(u.name, "min_max_q4_0_all")] == lat[(u.name, "grid_mse_q4_0_all")]
                for u in analyser.units)
+    # the fit: the float model and one uniform configuration per storage format, end to end
+    fit = analyser.latency_fit
+    assert [c["uniform"] for c in fit["configurations"]] == ["float", "min_max_q4_0_all",
+                                                            "ptq_int8"]
+    assert fit["configurations"][0]["measured_s"] == whole and fit["s_per_byte"] >= 0
+    assert all(c["measured_s"] > 0 for c in fit["configurations"])
     problem = analyser.problem("latency", "value")
     slowest = problem.extreme(cheapest=False)
     fastest = problem.extreme(cheapest=True)
@@ -219,7 +225,7 @@ def test_a_latency_budget_is_solved_again_when_tract_measures_it_over():
     lat = {}
     for n in names:
         lat[(n, "float")], lat[(n, "min_max_q4_0_all")] = 1e-3, 0.5e-3
-    analyser._latency = (lat, 0.0, 3e-3)
+    analyser._latency = (lat, 0.0, 3e-3, {})
 
     def estimate(choice):
         return sum(lat[(u, c)] for u, c in choice.items())
@@ -240,6 +246,92 @@ def test_a_latency_budget_is_solved_again_when_tract_measures_it_over():
             assert r.latency_s == pytest.approx(1.8e-3)
         else:
             assert len(calls) == 1 and r.cost == pytest.approx(first)
+
+
+def test_when_the_lowered_budget_fits_nothing_the_fastest_configuration_is_tried():
+    """A configuration can measure so far over its estimate that the budget lowered by the
+    excess fits nothing: the fastest configuration by the estimate is then measured, and it
+    is returned when it is within the budget (here the excess comes with float blocks)."""
+    analyser = Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
+                        task="classification")
+    names = [u.name for u in analyser.units]
+    lat = {}
+    for n in names:
+        lat[(n, "float")], lat[(n, "min_max_q4_0_all")] = 1e-3, 0.5e-3
+    analyser._latency = (lat, 0.0, 3e-3, {})
+    calls = []
+
+    def measured(choice):
+        calls.append(dict(choice))
+        floats = any(c == "float" for c in choice.values())
+        return sum(lat[(u, c)] for u, c in choice.items()) + (1.2e-3 if floats else 0.0)
+    analyser.measured_latency = measured
+    (r,) = analyser.run(constraint_values=["2ms"], constraint_type="latency",
+                        num_real_loss_batches=2).values()
+    assert len(calls) == 2 and "float" in calls[0].values()     # 2.0 ms estimated, 3.2 measured
+    assert set(r.config.choices.values()) == {"min_max_q4_0_all"}
+    assert r.latency_s == pytest.approx(1.5e-3)
+    # when nothing measures within the budget, the configuration that measured fastest is kept
+    analyser.measured_latency = lambda choice: calls.append(dict(choice)) or 9e-3 - \
+        sum(lat[(u, c)] for u, c in choice.items())
+    calls.clear()
+    (r,) = analyser.run(constraint_values=["2ms"], constraint_type="latency",
+                        num_real_loss_batches=2).values()
+    assert len(calls) == 2 and r.latency_s == pytest.approx(7e-3)
+    assert "float" in r.config.choices.values()
+
+
+def test_the_latency_estimate_is_fitted_with_the_weights_memory_traffic(monkeypatch):
+    """A block timed alone has its weights in the cache; in the whole model they stream from
+    memory. In a made-up engine where every Q4_0 block is slower alone than its float one but
+    its fewer bytes make it faster end to end, the fit finds the per-byte time and the fixed
+    term from the float model and one uniform configuration per storage format, the estimate
+    then ranks Q4_0 as faster, and a budget between the two is met at its first solve."""
+    from t2n.analyse import latency
+    analyser = Analyser(mlp(), Bag("min_max_q4_0_all", "grid_mse_q4_0_all"),
+                        calibration_data=inputs(), task="classification")
+    nbytes = analyser._unit_bytes()
+    fixed, per_byte = 2e-3, 1e-8
+    alone = {k: 3e-5 if k[1] == "float" else 5e-5 for k in nbytes}
+
+    def truth(choice):
+        return fixed + sum(alone[k] + per_byte * nbytes[k] for k in choice.items())
+    everything_float = {u.name: "float" for u in analyser.units}
+    monkeypatch.setattr(latency, "block_latencies", lambda *a, **k: dict(alone))
+    monkeypatch.setattr(analyser, "_end_to_end_seconds",
+                        lambda model, loads=1: truth(everything_float))
+    measured = []
+    monkeypatch.setattr(analyser, "_measured_latency",
+                        lambda choice, loads=None: measured.append(dict(choice)) or truth(choice))
+    fit = analyser.latency_fit
+    assert fit["fixed_s"] == pytest.approx(fixed) and fit["s_per_byte"] == pytest.approx(per_byte)
+    # the two Q4_0 methods store alike (their blocks time the same): one uniform measurement
+    assert [r["uniform"] for r in fit["configurations"]] == ["float", "min_max_q4_0_all"]
+    for r in fit["configurations"]:
+        assert r["estimated_s"] == pytest.approx(r["measured_s"])
+    problem = analyser.problem("latency", "value")
+    for u in problem.units:
+        assert alone[(u, "min_max_q4_0_all")] > alone[(u, "float")]
+        assert problem.cost[(u, "min_max_q4_0_all")] < problem.cost[(u, "float")]
+    fastest, slowest = problem.extreme(cheapest=True), problem.extreme(cheapest=False)
+    assert fastest == pytest.approx(truth({u: "min_max_q4_0_all" for u in problem.units}))
+    budget = (fastest + slowest) / 2
+    measured.clear()
+    (r,) = analyser.run(constraint_values=[budget], constraint_type="latency",
+                        num_real_loss_batches=2).values()
+    assert len(measured) == 1 and r.latency_s <= budget
+    assert r.latency_s == pytest.approx(r.cost)
+    assert r.config.summary["latency_ms"] == pytest.approx(r.latency_s * 1e3)
+
+
+def test_the_memory_term_fit_recovers_its_terms_and_never_goes_negative():
+    from t2n.analyse.latency import fit_memory_term
+    points = [(1e-3, b, 1e-3 + 4e-3 + 2e-9 * b) for b in (1e5, 3e5, 7e5)]
+    fixed, per_byte = fit_memory_term(points)
+    assert fixed == pytest.approx(4e-3) and per_byte == pytest.approx(2e-9)
+    # fewer bytes measuring slower: no memory term, the fixed term is the mean rest
+    assert fit_memory_term([(0.0, 1e5, 3e-3), (0.0, 2e5, 1e-3)]) == (pytest.approx(2e-3), 0.0)
+    assert fit_memory_term([(1e-3, 1e5, 3e-3)]) == (pytest.approx(2e-3), 0.0)
 
 
 @pytest.mark.slow   # exports and times the whole decode step and each block in tract (about 75 s)

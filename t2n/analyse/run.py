@@ -160,7 +160,7 @@ class Analyser:
         self._choices: dict | None = None
         self._estimates: dict = {}
         self._batches: tuple | None = None
-        self._latency: tuple | None = None        # (block seconds, rest, whole model)
+        self._latency: tuple | None = None   # (choice seconds, rest, whole model, fit)
         self._macs_by_unit: dict | None = None
         self.timings: dict = {}
 
@@ -297,10 +297,7 @@ class Analyser:
         est.update({k: max(0.0, v) for k, v in estimates.items()})
         cost = {}
         if constraint_type == "size":
-            for u in self.units:
-                cost[(u.name, FLOAT)] = module_bytes(u.modules, float_bytes)
-                for label in options[u.name][1:]:
-                    cost[(u.name, label)] = module_bytes(choices[label][u.name], float_bytes)
+            cost = self._unit_bytes()
             fixed = self._fixed_bytes(float_bytes)
         elif constraint_type == "latency":
             lat, fixed = self._latencies()
@@ -317,6 +314,17 @@ class Analyser:
                         choices[label][u.name], bits) / bits
             fixed = 0.0
         return Problem(names, options, est, cost, fixed)
+
+    def _unit_bytes(self) -> dict:
+        """{(unit, label): bytes of the unit's weights with that choice}, "float" included."""
+        float_bytes = FLOAT_BITS[self.float_dtype] // 8
+        out = {}
+        for u in self.units:
+            out[(u.name, FLOAT)] = module_bytes(u.modules, float_bytes)
+            for label, by_unit in self.choices().items():
+                if u.name in by_unit:
+                    out[(u.name, label)] = module_bytes(by_unit[u.name], float_bytes)
+        return out
 
     def _fixed_bytes(self, float_bytes: int) -> int:
         inside = {id(p) for u in self.units for m in u.modules for p in m.parameters()}
@@ -346,8 +354,15 @@ class Analyser:
             self._latency = broadcast(self._measure_latencies() if is_main() else None)
         if self._latency is None:
             self._latency = self._measure_latencies()
-        lat, fixed, _ = self._latency
+        lat, fixed = self._latency[:2]
         return lat, fixed
+
+    @property
+    def latency_fit(self) -> dict:
+        """How the latency estimate was fitted: the fixed term, the per-byte time, and the
+        configurations measured end to end for it with their estimated and measured seconds."""
+        self._latencies()
+        return self._latency[3]
 
     @property
     def whole_model_seconds(self) -> float:
@@ -356,19 +371,48 @@ class Analyser:
         return self._latency[2]
 
     def _measure_latencies(self) -> tuple:
-        """({(unit, label): seconds}, the rest of the model, the whole float model)."""
-        from t2n.analyse.latency import block_latencies, deploy_inputs
+        """({(unit, label): seconds}, the rest of the model, the whole float model, the fit):
+        a choice's seconds are its block's time alone plus its bytes times the fitted per-byte
+        time (see t2n.analyse.latency)."""
+        from t2n.analyse.latency import LOADS, block_latencies, deploy_inputs, fit_memory_term
         t0 = time.perf_counter()
         inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
         choices = self.choices()
         total = len(self.units) + sum(len(v) for v in choices.values())
         bar = _bar(total, "tract latencies", self.progress)
-        lat = block_latencies(self.units, choices, inputs, progress=bar)
+        alone = block_latencies(self.units, choices, inputs, progress=bar,
+                                dtype=self.float_dtype)
         _close(bar)
-        whole = self._end_to_end_seconds(self.model)
-        fixed = whole - sum(lat.get((u.name, FLOAT), 0.0) for u in self.units)
+        nbytes = self._unit_bytes()
+        whole = self._end_to_end_seconds(self.model, loads=LOADS)
+        measured = [(FLOAT, {u.name: FLOAT for u in self.units}, whole)]
+        formats = set()
+        for label in choices:
+            # one uniform configuration per storage format: labels whose blocks time the same
+            # on the same units store them the same way
+            times = tuple((u.name, alone[(u.name, label)]) for u in self.units
+                          if (u.name, label) in alone)
+            if not times or times in formats:
+                continue
+            formats.add(times)
+            choice = {u.name: (label if (u.name, label) in alone else FLOAT)
+                      for u in self.units}
+            measured.append((label, choice, self._measured_latency(choice, loads=LOADS)))
+
+        def sums(choice):
+            keys = [(u, c) for u, c in choice.items() if (u, c) in alone]
+            return sum(alone[k] for k in keys), sum(nbytes[k] for k in keys)
+        fixed, per_byte = fit_memory_term([(*sums(c), s) for _, c, s in measured])
+        cost = {k: v + per_byte * nbytes[k] for k, v in alone.items()}
+        fit = {"fixed_s": fixed, "s_per_byte": per_byte, "configurations": [
+            {"uniform": label, "estimated_s": fixed + sum(cost.get((u, c), 0.0)
+                                                          for u, c in choice.items()),
+             "measured_s": seconds} for label, choice, seconds in measured]}
+        for row in fit["configurations"]:
+            log.info("analyse: latency of uniform %s: estimated %.3f ms, measured %.3f ms",
+                     row["uniform"], row["estimated_s"] * 1e3, row["measured_s"] * 1e3)
         self.timings["latency_s"] = time.perf_counter() - t0
-        return lat, fixed, whole
+        return cost, fixed, whole, fit
 
     def measured_latency(self, choice: dict) -> float:
         """A configuration's time in tract end to end, at the deployed shape (seconds;
@@ -377,22 +421,25 @@ class Analyser:
             return broadcast(self._measured_latency(choice) if is_main() else None)
         return self._measured_latency(choice)
 
-    def _measured_latency(self, choice: dict) -> float:
+    def _measured_latency(self, choice: dict, loads: int | None = None) -> float:
         import copy as _copy
 
+        from t2n.analyse.latency import LOADS
         units_map = {u.name: list(u.blocks) for u in self.units}
         config = MixedConfig(units_map, choice, {m.label: m for m in self.bag})
         work = config.apply(_copy.deepcopy(self.model), cache=self.choices())
-        return self._end_to_end_seconds(work)
+        return self._end_to_end_seconds(work, loads=LOADS if loads is None else loads)
 
-    def _end_to_end_seconds(self, model: nn.Module) -> float:
+    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1) -> float:
         """tract's time for ``model`` deployed: export-llm's decode step (one token after
-        DECODE_PAST cached ones) for a causal LM, else a batch of one."""
+        DECODE_PAST cached ones) for a causal LM, else a batch of one; the median of
+        ``loads`` loads of its bundle, float weights in the analyser's float type."""
         from t2n.analyse.latency import decode_step, model_seconds, time_bundle
         if not self.lm:
-            return model_seconds(model, self.deploy_sample())
+            return model_seconds(model, self.deploy_sample(), loads=loads,
+                                 dtype=self.float_dtype)
         step, inputs = decode_step(model, self._decode_ids())
-        return time_bundle(step, inputs)
+        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype)
 
     def _decode_ids(self) -> torch.Tensor:
         from t2n.analyse.latency import DECODE_PAST
@@ -496,6 +543,8 @@ class Analyser:
                         "validation_batches": len(val_b), "float_dtype": self.float_dtype,
                         "cheapest": cheapest, "dearest": problem.extreme(cheapest=False),
                         "timings": dict(self.timings)}
+        if constraint_type == "latency":
+            results.meta["latency_fit"] = self.latency_fit
         return results
 
     def _measured_within(self, problem: Problem, budget: float, choice: dict, time_of,
@@ -503,23 +552,31 @@ class Analyser:
         """The configuration for a latency ``budget``, ``time_of(config)`` giving its time
         measured end to end in tract: when the time of ``choice`` is over the budget, the
         problem is solved again with the budget lowered by the measured excess over the
-        estimate (a term the per-block sum missed), up to ``tries`` times; the last
-        configuration measured is returned either way."""
+        estimate (a term the estimate missed), up to ``tries`` configurations; when the lowered
+        budget fits nothing, the fastest configuration by the estimate is tried. The first
+        configuration that measures within the budget is returned, else the one that measured
+        fastest (with a warning)."""
         target = budget
+        tried = []
         for attempt in range(tries):
             seconds = time_of(choice)
+            tried.append((seconds, choice))
             if seconds <= budget or attempt == tries - 1:
                 break
             target -= seconds - problem.total_cost(choice)   # > 0: the estimate fits the budget
             again = solve(problem, target)
-            if again is None or again == choice:
+            if again is None:    # nothing is estimated that fast: the fastest there is
+                fastest = problem.extreme(cheapest=True)
+                again = solve(problem, fastest + abs(fastest) * 1e-9)
+            if again is None or any(again == c for _, c in tried):
                 break
             log.info("analyse: measured %.3f ms is over the %.3f ms budget; solving again "
                      "for %.3f ms", seconds * 1e3, budget * 1e3, target * 1e3)
             choice = again
+        seconds, choice = min(tried, key=lambda t: t[0])
         if seconds > budget:
-            log.warning("analyse: the configuration for %.3f ms measures %.3f ms in tract",
-                        budget * 1e3, seconds * 1e3)
+            log.warning("analyse: no configuration tried for %.3f ms measures within it in "
+                        "tract; the fastest measures %.3f ms", budget * 1e3, seconds * 1e3)
         return choice
 
     def _real_loss(self, choice: dict, cache: dict, batches, refs) -> float:
