@@ -388,9 +388,9 @@ def latency_section(analyser, n_val: int) -> dict:
     return {"budget_ms": budget_ms, "estimated_ms": lr.cost * 1e3, "past": DECODE_PAST,
             "measured_ms": lr.latency_s * 1e3, "fastest_ms": lo * 1e3, "slowest_ms": hi * 1e3,
             "counts": lr.config.counts(), "real_loss": lr.real_loss,
-            "fixed_ms": fit["fixed_s"] * 1e3, "ms_per_mb": fit["s_per_byte"] * 1e9,
-            "uniform": [{"label": c["uniform"], "estimated_ms": c["estimated_s"] * 1e3,
-                         "measured_ms": c["measured_s"] * 1e3} for c in fit["configurations"]],
+            "rest_ms": fit["rest_s"] * 1e3, "scales": fit["scales"],
+            "uniform": [{"label": c["uniform"], "measured_ms": c["measured_s"] * 1e3}
+                        for c in fit["configurations"]],
             "seconds": analyser.timings.get("latency_s")}
 
 
@@ -591,14 +591,15 @@ def render(r: dict) -> str:
             f"{lat['meta']['git']}.")
         add(load_line(lat["meta"], "Latency run: "))
         add("")
-    if "fixed_ms" in lat:
-        add(f"Latency estimate: each choice's block timed alone in tract plus "
-            f"{lat['ms_per_mb']:.3f} ms per MB of its weights, and a fixed "
-            f"{lat['fixed_ms']:.3f} ms, fitted to the uniform configurations measured end to "
-            f"end: " + "; ".join(f"{u['label']} estimated {u['estimated_ms']:.3f} ms, measured "
-                                  f"{u['measured_ms']:.3f} ms" for u in lat["uniform"])
-            + (f" (block table and fit: {lat['seconds']:.0f} s)." if lat.get("seconds")
-               else "."))
+    if "rest_ms" in lat:
+        add(f"Latency estimate: the rest of the model (its blocks replaced by stand-ins without "
+            f"weights) measured {lat['rest_ms']:.3f} ms end to end; uniform configurations "
+            f"measured end to end: "
+            + ", ".join(f"{u['label']} {u['measured_ms']:.3f} ms" for u in lat["uniform"])
+            + "; so each storage format's blocks, timed alone, count "
+            + ", ".join(f"{v:.2f}x" + f" ({c})" for c, v in lat["scales"].items())
+            + (f" (block table, stand-ins and uniform configurations: {lat['seconds']:.0f} s)."
+               if lat.get("seconds") else "."))
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "
         f"{lat['past']} cached ones; fastest "
         f"configuration {lat['fastest_ms']:.3f} ms, slowest {lat['slowest_ms']:.3f} ms): "

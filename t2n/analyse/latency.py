@@ -7,18 +7,20 @@ of its own and run by tract, whose profiler gives the time of every node; the bl
 their sum, the median of several profiles. Blocks of the same kind, shape and storage format are
 timed once.
 
-A block timed alone runs with its weights warm in the cache; in the whole model they stream
-from memory at every step, and at a decode step that traffic is most of the time (smaller
-weights are faster end to end even where their block alone is slower). So a choice costs its
-block's time plus its weights' bytes times a per-byte time, and the rest of the model is one
-fixed term; the fixed term and the per-byte time are fitted (least squares) to end-to-end
-measurements of the float model and of one uniform configuration per storage format (each the
-median of several loads). The analyser then measures the chosen configurations end to end.
+Alone, a block runs with its weights warm in the cache; in the whole model they stream from
+memory at every step, and how much that costs depends on the storage format (at a decode step
+smaller weights are faster end to end even where their block alone is slower). So the blocks'
+times are scaled, one factor per storage format, to what they take in the model:
+- the rest of the model (attention over the cache, norms, ...) is measured end to end with
+  every block replaced by a stand-in without weights (zeros of the block's output shape);
+- the float model measured end to end, minus that rest, sets the float blocks' factor;
+- one uniform configuration per storage format, measured end to end, sets that format's.
+A configuration's estimate is the rest plus its blocks' scaled times: each uniform one matches
+its measurement; the analyser measures each chosen configuration end to end.
 
 For a causal LM "end to end" is export-llm's decode step: one new token after ``past`` tokens
 held in the key/value cache (the model wrapped as ``t2n.llm.wrapper.KVCacheLLM``, the past
-computed by torch from the analysis text), so the fixed term holds the attention over the cache
-that the blocks' one-token times leave out.
+computed by torch from the analysis text). Each end-to-end time is the median of LOADS loads.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ import torch
 from torch import nn
 
 __all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies",
-           "model_seconds", "decode_step", "fit_memory_term", "DECODE_PAST", "LOADS"]
+           "model_seconds", "decode_step", "without_blocks", "format_scales", "DECODE_PAST",
+           "LOADS"]
 
 log = logging.getLogger("t2n.analyse")
 
@@ -82,22 +85,51 @@ def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
         return profile_seconds(path, feeds, loads)
 
 
-def fit_memory_term(points) -> tuple[float, float]:
-    """(fixed seconds, seconds per byte) of least squared error over ``points``, each
-    (summed block seconds, summed weight bytes, measured seconds) of one configuration: measured
-    = fixed + blocks + bytes x per-byte. The per-byte time is never negative (it is 0, and the
-    fixed term the mean, when the points cannot tell it or tell a negative one)."""
-    rest = [m - s for s, _, m in points]
-    nbytes = [float(b) for _, b, _ in points]
-    mean_rest = statistics.fmean(rest)
-    if len(points) < 2 or max(nbytes) == min(nbytes):
-        return mean_rest, 0.0
-    mean_bytes = statistics.fmean(nbytes)
-    var = sum((b - mean_bytes) ** 2 for b in nbytes)
-    slope = sum((b - mean_bytes) * (r - mean_rest) for b, r in zip(nbytes, rest)) / var
-    if slope <= 0:
-        return mean_rest, 0.0
-    return mean_rest - slope * mean_bytes, slope
+class StandIn(nn.Module):
+    """A block without weights: zeros of the block's output shape and type, tied to its input
+    (so that nothing after it is folded into a constant). The output keeps the input's leading
+    dimensions that the block kept where it was measured (a prefill's tokens)."""
+
+    def __init__(self, in_shape, out_shape):
+        super().__init__()
+        keep = 0
+        while keep < min(len(in_shape), len(out_shape)) and in_shape[keep] == out_shape[keep]:
+            keep += 1
+        self.keep, self.tail = keep, tuple(out_shape[keep:])
+        self.register_buffer("zero", torch.zeros(()))    # follows the model's float type
+
+    def forward(self, x, *args, **kwargs):
+        tie = x.reshape(-1)[:1].to(self.zero.dtype) * self.zero
+        return x.new_zeros((*x.shape[:self.keep], *self.tail), dtype=self.zero.dtype) + tie
+
+
+def without_blocks(model: nn.Module, units, inputs: dict) -> nn.Module:
+    """A copy of ``model`` with each block that ``inputs`` holds an input for replaced by a
+    StandIn of the output shape it has on that input."""
+    from t2n.quant.int8 import set_submodule
+    work = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for unit in units:
+            for b in unit.blocks:
+                if b in inputs:
+                    out = work.get_submodule(b)(inputs[b])
+                    set_submodule(work, b, StandIn(inputs[b].shape, out.shape))
+    return work
+
+
+def format_scales(alone: dict, rest: float, measured: list) -> dict:
+    """{label: factor} from the blocks' times alone (``alone``: {(unit, label): seconds}), the
+    rest of the model (seconds) and ``measured``: [(label, {unit: label}, seconds)], the float
+    configuration first, then one uniform configuration per storage format. A factor makes the
+    blocks' scaled times fill what its configuration measures beyond the rest (never below 0)."""
+    scales: dict = {}
+    for label, choice, seconds in measured:
+        mine = [(u, c) for u, c in choice.items() if c == label and (u, c) in alone]
+        others = sum(scales[c] * alone[(u, c)] for u, c in choice.items()
+                     if c != label and (u, c) in alone)
+        inside = sum(alone[k] for k in mine)
+        scales[label] = max(0.0, seconds - rest - others) / inside if inside > 0 else 1.0
+    return scales
 
 
 def deploy_inputs(model: nn.Module, units, sample, lm: bool) -> dict:

@@ -372,9 +372,10 @@ class Analyser:
 
     def _measure_latencies(self) -> tuple:
         """({(unit, label): seconds}, the rest of the model, the whole float model, the fit):
-        a choice's seconds are its block's time alone plus its bytes times the fitted per-byte
-        time (see t2n.analyse.latency)."""
-        from t2n.analyse.latency import LOADS, block_latencies, deploy_inputs, fit_memory_term
+        a choice's seconds are its block's time alone times its storage format's factor (see
+        t2n.analyse.latency)."""
+        from t2n.analyse.latency import (LOADS, block_latencies, deploy_inputs, format_scales,
+                                         without_blocks)
         t0 = time.perf_counter()
         inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
         choices = self.choices()
@@ -383,36 +384,37 @@ class Analyser:
         alone = block_latencies(self.units, choices, inputs, progress=bar,
                                 dtype=self.float_dtype)
         _close(bar)
-        nbytes = self._unit_bytes()
+        rest = self._end_to_end_seconds(without_blocks(self.model, self.units, inputs),
+                                        loads=LOADS)
         whole = self._end_to_end_seconds(self.model, loads=LOADS)
         measured = [(FLOAT, {u.name: FLOAT for u in self.units}, whole)]
-        formats = set()
+        same_as: dict = {}        # label -> the label measured for its storage format
+        formats: dict = {}
         for label in choices:
-            # one uniform configuration per storage format: labels whose blocks time the same
-            # on the same units store them the same way
+            # labels whose blocks time the same on the same units store them the same way
             times = tuple((u.name, alone[(u.name, label)]) for u in self.units
                           if (u.name, label) in alone)
-            if not times or times in formats:
+            if not times:
                 continue
-            formats.add(times)
+            if times in formats:
+                same_as[label] = formats[times]
+                continue
+            formats[times] = same_as[label] = label
             choice = {u.name: (label if (u.name, label) in alone else FLOAT)
                       for u in self.units}
             measured.append((label, choice, self._measured_latency(choice, loads=LOADS)))
-
-        def sums(choice):
-            keys = [(u, c) for u, c in choice.items() if (u, c) in alone]
-            return sum(alone[k] for k in keys), sum(nbytes[k] for k in keys)
-        fixed, per_byte = fit_memory_term([(*sums(c), s) for _, c, s in measured])
-        cost = {k: v + per_byte * nbytes[k] for k, v in alone.items()}
-        fit = {"fixed_s": fixed, "s_per_byte": per_byte, "configurations": [
-            {"uniform": label, "estimated_s": fixed + sum(cost.get((u, c), 0.0)
-                                                          for u, c in choice.items()),
-             "measured_s": seconds} for label, choice, seconds in measured]}
-        for row in fit["configurations"]:
-            log.info("analyse: latency of uniform %s: estimated %.3f ms, measured %.3f ms",
-                     row["uniform"], row["estimated_s"] * 1e3, row["measured_s"] * 1e3)
+        scales = format_scales(alone, rest, measured)
+        cost = {(u, c): scales[same_as.get(c, c)] * v for (u, c), v in alone.items()}
+        fit = {"rest_s": rest, "scales": {c: scales[same_as.get(c, c)]
+                                          for c in [FLOAT, *same_as]},
+               "configurations": [
+                   {"uniform": label, "choice": choice, "measured_s": seconds,
+                    "estimated_s": rest + sum(cost.get(k, 0.0) for k in choice.items())}
+                   for label, choice, seconds in measured]}
+        log.info("analyse: latency: rest of the model %.3f ms; factors %s", rest * 1e3,
+                 ", ".join(f"{c} {v:.2f}" for c, v in fit["scales"].items()))
         self.timings["latency_s"] = time.perf_counter() - t0
-        return cost, fixed, whole, fit
+        return cost, rest, whole, fit
 
     def measured_latency(self, choice: dict) -> float:
         """A configuration's time in tract end to end, at the deployed shape (seconds;
@@ -489,6 +491,10 @@ class Analyser:
             if k not in timed:
                 timed[k] = self.measured_latency(choice)
             return timed[k]
+        if constraint_type == "latency" and self._latency[3]:
+            # the uniform configurations the estimate was fitted on are measured already
+            for c in self._latency[3]["configurations"]:
+                timed.setdefault(tuple(sorted(c["choice"].items())), c["measured_s"])
         bar = _bar(len(values), "configurations", self.progress)
         for budget in values:
             choice = solve(problem, budget)
@@ -497,7 +503,7 @@ class Analyser:
                 _update(bar)
                 continue
             if constraint_type == "latency" and measure_latency:
-                choice = self._measured_within(problem, budget, choice, time_of)
+                choice = self._measured_within(problem, budget, choice, time_of, timed)
             key = tuple(sorted(choice.items()))
             if key not in seen_configs:
                 seen_configs[key] = (self._real_loss(choice, cache, val_b, refs),
@@ -548,14 +554,15 @@ class Analyser:
         return results
 
     def _measured_within(self, problem: Problem, budget: float, choice: dict, time_of,
-                         tries: int = LATENCY_TRIES) -> dict:
+                         timed: dict | None = None, tries: int = LATENCY_TRIES) -> dict:
         """The configuration for a latency ``budget``, ``time_of(config)`` giving its time
         measured end to end in tract: when the time of ``choice`` is over the budget, the
         problem is solved again with the budget lowered by the measured excess over the
         estimate (a term the estimate missed), up to ``tries`` configurations; when the lowered
         budget fits nothing, the fastest configuration by the estimate is tried. The first
-        configuration that measures within the budget is returned, else the one that measured
-        fastest (with a warning)."""
+        configuration that measures within the budget is returned; else, of the configurations
+        measured before (``timed``: {sorted items: seconds}), the one of least estimated loss
+        that measured within it; else the one that measured fastest (with a warning)."""
         target = budget
         tried = []
         for attempt in range(tries):
@@ -574,6 +581,12 @@ class Analyser:
                      "for %.3f ms", seconds * 1e3, budget * 1e3, target * 1e3)
             choice = again
         seconds, choice = min(tried, key=lambda t: t[0])
+        within = [dict(k) for k, s in (timed or {}).items() if s <= budget]
+        if seconds > budget and within:
+            choice = min(within, key=problem.objective)
+            seconds = time_of(choice)
+            log.info("analyse: for the %.3f ms budget, a configuration measured before: "
+                     "%.3f ms", budget * 1e3, seconds * 1e3)
         if seconds > budget:
             log.warning("analyse: no configuration tried for %.3f ms measures within it in "
                         "tract; the fastest measures %.3f ms", budget * 1e3, seconds * 1e3)
