@@ -255,12 +255,7 @@ def main() -> int:
         res = json.loads((RESULTS / "bench_analyse.json").read_text())
         res["latency"] = latency_section(analyser, len(analyser.batches()[1]))
         res["latency"]["meta"] = run_meta("scripts/bench_analyse.py", t_start, load0)
-        text = render(res)
-        print(text)
-        if args.write_docs:
-            write_docs(text, START, END, after=AFTER)
-            save_results("bench_analyse", res)
-        return 0
+        return publish(res, args.write_docs)
     problem = analyser.problem("size", "value")
     cheapest = problem.extreme(cheapest=True)
     dearest = problem.extreme(cheapest=False)
@@ -367,9 +362,15 @@ def main() -> int:
         res["minilm"] = minilm()
     res["meta"] = run_meta("scripts/bench_analyse.py", t_start, load0)
     res["meta"]["git"] = git_state()
+    return publish(res, args.write_docs)
+
+
+def publish(res: dict, write: bool) -> int:
+    """Print the section; with ``write`` put it in docs/benchmarks.md and the figures in
+    docs/bench_analyse.json."""
     text = render(res)
     print(text)
-    if args.write_docs:
+    if write:
         write_docs(text, START, END, after=AFTER)
         save_results("bench_analyse", res)
     return 0

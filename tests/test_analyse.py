@@ -215,18 +215,23 @@ def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_resu
         assert r.config.summary["latency_ms"] == pytest.approx(r.latency_s * 1e3)
 
 
+def _halving_analyser():
+    """An analyser of mlp() whose latency table is set: each unit 1 ms float, 0.5 ms Q4_0."""
+    analyser = Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
+                        task="classification")
+    lat = {}
+    for u in analyser.units:
+        lat[(u.name, "float")], lat[(u.name, "min_max_q4_0_all")] = 1e-3, 0.5e-3
+    analyser._latency = (lat, 0.0, 3e-3, {})
+    return analyser, lat
+
+
 def test_a_latency_budget_is_solved_again_when_tract_measures_it_over():
     """The latency a configuration measures end to end can exceed its per-block estimate (a
     term the sum misses, or drift): the analyser then solves again under the budget lowered by
     that excess, so that what it returns measures within the budget. A configuration that
     measures what it was estimated at is returned as first solved."""
-    analyser = Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
-                        task="classification")
-    names = [u.name for u in analyser.units]
-    lat = {}
-    for n in names:
-        lat[(n, "float")], lat[(n, "min_max_q4_0_all")] = 1e-3, 0.5e-3
-    analyser._latency = (lat, 0.0, 3e-3, {})
+    analyser, lat = _halving_analyser()
 
     def estimate(choice):
         return sum(lat[(u, c)] for u, c in choice.items())
@@ -253,13 +258,7 @@ def test_when_the_lowered_budget_fits_nothing_the_fastest_configuration_is_tried
     """A configuration can measure so far over its estimate that the budget lowered by the
     excess fits nothing: the fastest configuration by the estimate is then measured, and it
     is returned when it is within the budget (here the excess comes with float blocks)."""
-    analyser = Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
-                        task="classification")
-    names = [u.name for u in analyser.units]
-    lat = {}
-    for n in names:
-        lat[(n, "float")], lat[(n, "min_max_q4_0_all")] = 1e-3, 0.5e-3
-    analyser._latency = (lat, 0.0, 3e-3, {})
+    analyser, lat = _halving_analyser()
     calls = []
 
     def measured(choice):
