@@ -389,6 +389,7 @@ def latency_section(analyser, n_val: int) -> dict:
     return {"budget_ms": budget_ms, "estimated_ms": lr.cost * 1e3, "past": DECODE_PAST,
             "measured_ms": lr.latency_s * 1e3, "fastest_ms": lo * 1e3, "slowest_ms": hi * 1e3,
             "counts": lr.config.counts(), "real_loss": lr.real_loss,
+            "tries": lr.config.summary.get("latency_tries", []),
             "rest_ms": fit["rest_s"] * 1e3, "scales": fit["scales"],
             "uniform": [{"label": c["uniform"], "measured_ms": c["measured_s"] * 1e3}
                         for c in fit["configurations"]],
@@ -608,6 +609,14 @@ def render(r: dict) -> str:
         f"{lat['measured_ms']:.3f} ms: "
         f"{'met' if lat['measured_ms'] <= lat['budget_ms'] else 'MISSED'} "
         f"({', '.join(f'{n} {c}' for c, n in sorted(lat['counts'].items()))}).")
+    if len(lat["counts"]) == 1 and "rest_ms" in lat:
+        add("The configuration taken is uniform, one the estimate was fitted on: its estimate "
+            "is its own end-to-end measurement.")
+    if len(lat.get("tries", [])) > 1:
+        add("Configurations measured for it, in order: " + "; ".join(
+            f"estimated {t['estimated_ms']:.3f} ms, measured {t['measured_ms']:.3f} ms ("
+            + ", ".join(f"{n} {c}" for c, n in t["counts"].items()) + ")"
+            for t in lat["tries"]) + ".")
     add("")
     m = r.get("minilm")
     if m:

@@ -329,6 +329,9 @@ def test_the_latency_estimate_scales_each_storage_format_to_its_end_to_end_time(
                         num_real_loss_batches=2).values()
     assert set(r.config.choices.values()) == {"min_max_q4_0_all"}
     assert r.latency_s == pytest.approx(fastest)
+    tries = r.config.summary["latency_tries"]
+    assert [t["measured_ms"] for t in tries[:-1]] == [1e3] * (len(tries) - 1)
+    assert tries[-1]["measured_ms"] == pytest.approx(fastest * 1e3)
 
 
 def test_the_rest_of_the_model_is_timed_without_its_blocks():

@@ -18,6 +18,7 @@ one domain's text.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -503,7 +504,8 @@ class Analyser:
                 _update(bar)
                 continue
             if constraint_type == "latency" and measure_latency:
-                choice = self._measured_within(problem, budget, choice, time_of, timed)
+                tries: list = []
+                choice = self._measured_within(problem, budget, choice, time_of, timed, tries)
             key = tuple(sorted(choice.items()))
             if key not in seen_configs:
                 seen_configs[key] = (self._real_loss(choice, cache, val_b, refs),
@@ -514,6 +516,11 @@ class Analyser:
                        "estimator": loss_estimator, "real_loss": real, "task": self.task,
                        "float_dtype": self.float_dtype}
             summary["latency_ms"] = None if latency is None else latency * 1e3
+            if constraint_type == "latency" and measure_latency:
+                summary["latency_tries"] = [
+                    {"estimated_ms": problem.total_cost(c) * 1e3, "measured_ms": t * 1e3,
+                     "counts": dict(sorted(collections.Counter(c.values()).items()))}
+                    for t, c in tries]
             config = MixedConfig(units_map, choice, {m.label: m for m in self.bag}, summary)
             results[budget] = Result(
                 budget, config, problem.objective(choice), real, problem.total_cost(choice),
@@ -554,7 +561,8 @@ class Analyser:
         return results
 
     def _measured_within(self, problem: Problem, budget: float, choice: dict, time_of,
-                         timed: dict | None = None, tries: int = LATENCY_TRIES) -> dict:
+                         timed: dict | None = None, tried: list | None = None,
+                         tries: int = LATENCY_TRIES) -> dict:
         """The configuration for a latency ``budget``, ``time_of(config)`` giving its time
         measured end to end in tract: when the time of ``choice`` is over the budget, the
         problem is solved again with the budget lowered by the measured excess over the
@@ -562,9 +570,10 @@ class Analyser:
         budget fits nothing, the fastest configuration by the estimate is tried. The first
         configuration that measures within the budget is returned; else, of the configurations
         measured before (``timed``: {sorted items: seconds}), the one of least estimated loss
-        that measured within it; else the one that measured fastest (with a warning)."""
+        that measured within it; else the one that measured fastest (with a warning).
+        ``tried`` (a list) receives (seconds, configuration) of each one solved and measured."""
         target = budget
-        tried = []
+        tried = [] if tried is None else tried
         for attempt in range(tries):
             seconds = time_of(choice)
             tried.append((seconds, choice))
@@ -585,6 +594,7 @@ class Analyser:
         if seconds > budget and within:
             choice = min(within, key=problem.objective)
             seconds = time_of(choice)
+            tried.append((seconds, choice))
             log.info("analyse: for the %.3f ms budget, a configuration measured before: "
                      "%.3f ms", budget * 1e3, seconds * 1e3)
         if seconds > budget:
