@@ -298,8 +298,9 @@ def test_the_latency_estimate_scales_each_storage_format_to_its_end_to_end_time(
         return rest + sum(factor[c] * alone[(u, c)] for u, c in choice.items())
     everything_float = {u.name: "float" for u in analyser.units}
     monkeypatch.setattr(latency, "block_latencies", lambda *a, **k: dict(alone))
-    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1: rest if any(
-        isinstance(m, latency.StandIn) for m in model.modules()) else truth(everything_float))
+    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1, wall=False: (
+        rest if any(isinstance(m, latency.StandIn) for m in model.modules())
+        else truth(everything_float)))
     measured = []
     monkeypatch.setattr(analyser, "_measured_latency",
                         lambda choice, loads=None: measured.append(dict(choice)) or truth(choice))
@@ -350,7 +351,7 @@ def test_the_rest_of_the_model_is_timed_without_its_blocks():
     with torch.no_grad():
         want, got = model(input_ids=ids).logits, rest(input_ids=ids).logits
     assert got.shape == want.shape and not got.any()
-    assert analyser._end_to_end_seconds(rest) > 0
+    assert analyser._end_to_end_seconds(rest, wall=True) > 0
 
 
 def test_format_factors_fill_what_each_uniform_configuration_measures():

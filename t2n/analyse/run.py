@@ -386,7 +386,7 @@ class Analyser:
                                 dtype=self.float_dtype)
         _close(bar)
         rest = self._end_to_end_seconds(without_blocks(self.model, self.units, inputs),
-                                        loads=LOADS)
+                                        loads=LOADS, wall=True)
         whole = self._end_to_end_seconds(self.model, loads=LOADS)
         measured = [(FLOAT, {u.name: FLOAT for u in self.units}, whole)]
         same_as: dict = {}        # label -> the label measured for its storage format
@@ -433,16 +433,16 @@ class Analyser:
         work = config.apply(_copy.deepcopy(self.model), cache=self.choices())
         return self._end_to_end_seconds(work, loads=LOADS if loads is None else loads)
 
-    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1) -> float:
+    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1, wall: bool = False) -> float:
         """tract's time for ``model`` deployed: export-llm's decode step (one token after
         DECODE_PAST cached ones) for a causal LM, else a batch of one; the median of
         ``loads`` loads of its bundle, float weights in the analyser's float type."""
         from t2n.analyse.latency import decode_step, model_seconds, time_bundle
         if not self.lm:
             return model_seconds(model, self.deploy_sample(), loads=loads,
-                                 dtype=self.float_dtype)
+                                 dtype=self.float_dtype, wall=wall)
         step, inputs = decode_step(model, self._decode_ids())
-        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype)
+        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype, wall=wall)
 
     def _decode_ids(self) -> torch.Tensor:
         from t2n.analyse.latency import DECODE_PAST
