@@ -187,7 +187,8 @@ def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_resu
     _, analyser, _ = mlp_results
     lat, fixed = analyser._latencies()
     whole = analyser.whole_model_seconds
-    assert whole > 0 and all(v > 0 for v in lat.values())
+    # scaled costs: a factor is clamped at 0 when timing noise leaves its format nothing
+    assert whole > 0 and all(v >= 0 for v in lat.values())
     assert {label for _, label in lat} == {"float", "min_max_q4_0_all", "grid_mse_q4_0_all",
                                            "ptq_int8"}
     # blocks of the same kind, shape and storage format are timed once: two Q4_0 methods agree
