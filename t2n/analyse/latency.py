@@ -12,8 +12,7 @@ memory at every step, and how much that costs depends on the storage format (at 
 smaller weights are faster end to end even where their block alone is slower). So the blocks'
 times are scaled, one factor per storage format, to what they take in the model:
 - the rest of the model (attention over the cache, norms, ...) is measured end to end with
-  every block replaced by a stand-in without weights (zeros of the block's output shape), by
-  the wall clock (tract's profiler panics on a graph this trivial);
+  every block replaced by a stand-in without weights (zeros of the block's output shape);
 - the float model measured end to end, minus that rest, sets the float blocks' factor;
 - one uniform configuration per storage format, measured end to end, sets that format's.
 A configuration's estimate is the rest plus its blocks' scaled times: each uniform one matches
@@ -47,12 +46,10 @@ LOADS = 3              # fresh loads of a whole model's bundle timed end to end 
 DECODE_PAST = 128      # tokens in the key/value cache when a causal LM's decode step is timed
 
 
-def profile_seconds(bundle: Path, inputs: list, loads: int = 1, wall: bool = False) -> float:
+def profile_seconds(bundle: Path, inputs: list, loads: int = 1) -> float:
     """tract's own time for one run of ``bundle`` on ``inputs``: the sum of its nodes'
     seconds per iteration in tract's profile, the median of PROFILES profiles; with ``loads``
-    > 1 the bundle is loaded that many times and the median of their times is taken. ``wall``:
-    the wall-clock time of a run instead (tract's profiler panics on some trivial graphs, such
-    as a model whose blocks are all stand-ins)."""
+    > 1 the bundle is loaded that many times and the median of their times is taken."""
     import numpy as np
     import tract
     feeds = [np.ascontiguousarray(x) for x in inputs]
@@ -63,11 +60,6 @@ def profile_seconds(bundle: Path, inputs: list, loads: int = 1, wall: bool = Fal
         runnable.run(feeds)   # warm
         times = []
         for _ in range(PROFILES):
-            if wall:
-                t0 = time.perf_counter()
-                runnable.run(feeds)
-                times.append(time.perf_counter() - t0)
-                continue
             prof = json.loads(runnable.profile_json(feeds))
             times.append(sum(float(n.get("secs_per_iter") or 0.0)
                              for n in prof.get("nodes", [])))
@@ -77,8 +69,7 @@ def profile_seconds(bundle: Path, inputs: list, loads: int = 1, wall: bool = Fal
 
 
 def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
-                keep: Path | None = None, loads: int = 1, dtype: str | None = None,
-                wall: bool = False) -> float:
+                keep: Path | None = None, loads: int = 1, dtype: str | None = None) -> float:
     """Export ``module`` called on ``args`` to a temporary bundle (its float weights and
     inputs in ``dtype``, as ``t2n export --dtype`` makes them) and time it in tract."""
     from t2n.pipeline import TORCH_DTYPES, export
@@ -91,13 +82,15 @@ def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
         path = Path(keep) if keep is not None else Path(tmp) / "block"
         export(module, args, path, kwargs=kwargs, check_io=None, dtype=dtype)
         feeds = [feed(a) for a in list(args) + list((kwargs or {}).values())]
-        return profile_seconds(path, feeds, loads, wall)
+        return profile_seconds(path, feeds, loads)
 
 
 class StandIn(nn.Module):
     """A block without weights: zeros of the block's output shape and type, tied to its input
-    (so that nothing after it is folded into a constant). The output keeps the input's leading
-    dimensions that the block kept where it was measured (a prefill's tokens)."""
+    by adding ``x - x`` of its first element, which tract does not fold: nothing after it
+    becomes a constant (a tie by a multiplication with a zero constant is folded, and tract's
+    profiler panics on a graph whose output is then constant). The output keeps the input's
+    leading dimensions that the block kept where it was measured (a prefill's tokens)."""
 
     def __init__(self, in_shape, out_shape):
         super().__init__()
@@ -108,7 +101,8 @@ class StandIn(nn.Module):
         self.register_buffer("zero", torch.zeros(()))    # follows the model's float type
 
     def forward(self, x, *args, **kwargs):
-        tie = x.reshape(-1)[:1].to(self.zero.dtype) * self.zero
+        first = x.reshape(-1)[:1]
+        tie = (first - first).to(self.zero.dtype)
         return x.new_zeros((*x.shape[:self.keep], *self.tail), dtype=self.zero.dtype) + tie
 
 
@@ -208,15 +202,14 @@ def block_latencies(units, choices: dict, inputs: dict, progress=None,
     return out
 
 
-def model_seconds(model: nn.Module, sample, loads: int = 1, dtype: str | None = None,
-                  wall: bool = False) -> float:
+def model_seconds(model: nn.Module, sample, loads: int = 1, dtype: str | None = None) -> float:
     """The whole model's time in tract at ``sample`` (its example inputs)."""
     args, kwargs = sample
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     work = copy.deepcopy(model).eval()
     if getattr(getattr(work, "config", None), "use_cache", False):
         work.config.use_cache = False    # a forward without a cache object to trace
-    return time_bundle(work, tuple(args), kwargs, loads=loads, dtype=dtype, wall=wall)
+    return time_bundle(work, tuple(args), kwargs, loads=loads, dtype=dtype)
 
 
 def decode_step(model: nn.Module, ids: torch.Tensor, past: int = DECODE_PAST) -> tuple:

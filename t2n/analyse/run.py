@@ -386,7 +386,7 @@ class Analyser:
                                 dtype=self.float_dtype)
         _close(bar)
         rest = self._end_to_end_seconds(without_blocks(self.model, self.units, inputs),
-                                        loads=LOADS, wall=True)
+                                        loads=LOADS)
         whole = self._end_to_end_seconds(self.model, loads=LOADS)
         measured = [(FLOAT, {u.name: FLOAT for u in self.units}, whole)]
         same_as: dict = {}        # label -> the label measured for its storage format
@@ -433,16 +433,16 @@ class Analyser:
         work = config.apply(_copy.deepcopy(self.model), cache=self.choices())
         return self._end_to_end_seconds(work, loads=LOADS if loads is None else loads)
 
-    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1, wall: bool = False) -> float:
+    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1) -> float:
         """tract's time for ``model`` deployed: export-llm's decode step (one token after
         DECODE_PAST cached ones) for a causal LM, else a batch of one; the median of
         ``loads`` loads of its bundle, float weights in the analyser's float type."""
         from t2n.analyse.latency import decode_step, model_seconds, time_bundle
         if not self.lm:
             return model_seconds(model, self.deploy_sample(), loads=loads,
-                                 dtype=self.float_dtype, wall=wall)
+                                 dtype=self.float_dtype)
         step, inputs = decode_step(model, self._decode_ids())
-        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype, wall=wall)
+        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype)
 
     def _decode_ids(self) -> torch.Tensor:
         from t2n.analyse.latency import DECODE_PAST
@@ -504,8 +504,7 @@ class Analyser:
                 _update(bar)
                 continue
             if constraint_type == "latency" and measure_latency:
-                tries: list = []
-                choice = self._measured_within(problem, budget, choice, time_of, timed, tries)
+                choice, tries = self._measured_within(problem, budget, choice, time_of, timed)
             key = tuple(sorted(choice.items()))
             if key not in seen_configs:
                 seen_configs[key] = (self._real_loss(choice, cache, val_b, refs),
@@ -561,8 +560,7 @@ class Analyser:
         return results
 
     def _measured_within(self, problem: Problem, budget: float, choice: dict, time_of,
-                         timed: dict | None = None, tried: list | None = None,
-                         tries: int = LATENCY_TRIES) -> dict:
+                         timed: dict | None = None, tries: int = LATENCY_TRIES) -> tuple:
         """The configuration for a latency ``budget``, ``time_of(config)`` giving its time
         measured end to end in tract: when the time of ``choice`` is over the budget, the
         problem is solved again with the budget lowered by the measured excess over the
@@ -571,9 +569,9 @@ class Analyser:
         configuration that measures within the budget is returned; else, of the configurations
         measured before (``timed``: {sorted items: seconds}), the one of least estimated loss
         that measured within it; else the one that measured fastest (with a warning).
-        ``tried`` (a list) receives (seconds, configuration) of each one solved and measured."""
+        Returns (configuration, [(seconds, configuration) of each one measured, in order])."""
         target = budget
-        tried = [] if tried is None else tried
+        tried: list = []
         for attempt in range(tries):
             seconds = time_of(choice)
             tried.append((seconds, choice))
@@ -600,7 +598,7 @@ class Analyser:
         if seconds > budget:
             log.warning("analyse: no configuration tried for %.3f ms measures within it in "
                         "tract; the fastest measures %.3f ms", budget * 1e3, seconds * 1e3)
-        return choice
+        return choice, tried
 
     def _real_loss(self, choice: dict, cache: dict, batches, refs) -> float:
         with self._placed():
