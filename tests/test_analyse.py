@@ -300,9 +300,8 @@ def test_the_latency_estimate_scales_each_storage_format_to_its_end_to_end_time(
         return rest + sum(factor[c] * alone[(u, c)] for u, c in choice.items())
     everything_float = {u.name: "float" for u in analyser.units}
     monkeypatch.setattr(latency, "block_latencies", lambda *a, **k: dict(alone))
-    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1, wall=False: (
-        rest if any(isinstance(m, latency.StandIn) for m in model.modules())
-        else truth(everything_float)))
+    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1: rest if any(
+        isinstance(m, latency.StandIn) for m in model.modules()) else truth(everything_float))
     measured = []
     monkeypatch.setattr(analyser, "_measured_latency",
                         lambda choice, loads=None: measured.append(dict(choice)) or truth(choice))
@@ -364,14 +363,16 @@ def test_a_model_made_only_of_stand_ins_is_profiled_by_tract(tmp_path):
     from t2n.analyse.latency import deploy_inputs, time_bundle, without_blocks
     analyser = Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
                         task="classification")
-    ins = deploy_inputs(analyser.model, analyser.units, analyser.deploy_sample(), False)
-    rest = without_blocks(analyser.model, analyser.units, ins)
-    args, _ = analyser.deploy_sample()
-    assert time_bundle(rest, tuple(args), keep=tmp_path / "rest") > 0
+    sample = analyser.deploy_sample()
+    rest = without_blocks(analyser.model, analyser.units,
+                          deploy_inputs(analyser.model, analyser.units, sample, False))
+    args = tuple(sample[0])
+    assert time_bundle(rest, args, keep=tmp_path / "rest") > 0
     graph = (tmp_path / "rest" / "graph.nnef").read_text()
     assert "sub(" in graph and not list((tmp_path / "rest").glob("*weight*"))
     with torch.no_grad():
-        assert not rest(*args).any() and rest(*args).shape == analyser.model(*args).shape
+        out = rest(*args)
+        assert not out.any() and out.shape == analyser.model(*args).shape
 
 
 def test_format_factors_fill_what_each_uniform_configuration_measures():
