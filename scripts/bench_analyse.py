@@ -391,9 +391,37 @@ def latency_runs(analyser, n_val: int, repeats: int) -> dict:
             f"{runs[-1]['measured_ms']:.3f} ms")
     first = dict(runs[0])
     first["runs"] = [{key: r[key] for key in ("budget_ms", "estimated_ms", "measured_ms",
-                                              "fastest_ms", "slowest_ms", "scales", "seconds")}
-                     | {"tries": len(r["tries"]), "counts": r["counts"]} for r in runs]
+                                              "fastest_ms", "slowest_ms", "scales", "seconds",
+                                              "rest_ms", "uniform")}
+                     | {"tries": len(r["tries"]), "tried": r["tries"], "counts": r["counts"]}
+                     for r in runs]
     return first
+
+
+def _run_detail(run: dict) -> str:
+    """A latency run's measurements beside its estimates: the rest, the uniform
+    configurations, and each configuration measured for the budget."""
+    if "uniform" not in run:
+        return ""
+    out = (f"; rest {run['rest_ms']:.3f} ms, uniform "
+           + ", ".join(f"{u['label']} {u['measured_ms']:.3f}" for u in run["uniform"]) + " ms")
+    if run.get("tried"):
+        out += "; measured for the budget: " + ", ".join(
+            f"estimated {t['estimated_ms']:.3f} -> {t['measured_ms']:.3f} ms"
+            for t in run["tried"])
+    return out
+
+
+def _uniform_spread(runs: list) -> str:
+    """Each uniform configuration's end-to-end times across the latency runs, and how far
+    apart they are (max / min - 1)."""
+    times: dict = {}
+    for run in runs:
+        for u in run.get("uniform", []):
+            times.setdefault(u["label"], []).append(u["measured_ms"])
+    return "; ".join(f"{label} " + " / ".join(f"{t:.3f}" for t in ts)
+                     + f" ms (+{(max(ts) / min(ts) - 1) * 100:.0f}% from fastest to slowest)"
+                     for label, ts in times.items() if len(ts) > 1)
 
 
 def latency_section(analyser, n_val: int) -> dict:
@@ -641,7 +669,12 @@ def render(r: dict) -> str:
                 f"{'met' if x['measured_ms'] <= x['budget_ms'] else 'MISSED'} after "
                 f"{x['tries']} configuration{'s' * (x['tries'] != 1)} measured (factors "
                 + ", ".join(f"{c} {v:.2f}" for c, v in x["scales"].items()) + ")"
+                + _run_detail(x)
                 for k, x in enumerate(lat["runs"], 1)) + ". The figures above are run 1's.")
+        spread = _uniform_spread(lat["runs"])
+        if spread:
+            add("The same configurations measured end to end in the different runs of this "
+                "one bench run (the machine's drift, not the estimate's): " + spread + ".")
     if len(lat.get("tries", [])) > 1:
         add("Configurations measured for it, in order: " + "; ".join(
             f"estimated {t['estimated_ms']:.3f} ms, measured {t['measured_ms']:.3f} ms ("
