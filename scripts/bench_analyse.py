@@ -424,6 +424,19 @@ def _uniform_spread(runs: list) -> str:
                      for label, ts in times.items() if len(ts) > 1)
 
 
+def _mixture_misses(runs: list) -> str:
+    """How far the mixed configurations measured for the budgets landed from their estimates
+    (a uniform configuration's estimate is its own measurement, so they are left out)."""
+    off = [(t["measured_ms"] - t["estimated_ms"], t["measured_ms"] / t["estimated_ms"] - 1)
+           for run in runs for t in run.get("tried", []) if len(t["counts"]) > 1]
+    if not off:
+        return ""
+    ms, rel = [o[0] for o in off], [o[1] for o in off]
+    return (f"Mixed configurations measured for the budgets: {len(off)}, each measured "
+            f"{min(ms):+.3f} to {max(ms):+.3f} ms ({min(rel) * 100:+.0f}% to "
+            f"{max(rel) * 100:+.0f}%) from its estimate.")
+
+
 def latency_section(analyser, n_val: int) -> dict:
     """A latency budget in ms halfway between the fastest and the slowest configuration: the
     analyser's configuration for it, estimated and measured end to end in tract."""
@@ -675,6 +688,9 @@ def render(r: dict) -> str:
         if spread:
             add("The same configurations measured end to end in the different runs of this "
                 "one bench run (the machine's drift, not the estimate's): " + spread + ".")
+        misses = _mixture_misses(lat["runs"])
+        if misses:
+            add(misses)
     if len(lat.get("tries", [])) > 1:
         add("Configurations measured for it, in order: " + "; ".join(
             f"estimated {t['estimated_ms']:.3f} ms, measured {t['measured_ms']:.3f} ms ("
