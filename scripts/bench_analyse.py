@@ -664,7 +664,7 @@ def render(r: dict) -> str:
             + (f" (block table, stand-ins and uniform configurations: {lat['seconds']:.0f} s)."
                if lat.get("seconds") else "."))
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "
-        f"{lat['past']} cached ones; fastest "
+        f"{lat['past']} cached ones; by the estimate: fastest "
         f"configuration {lat['fastest_ms']:.3f} ms, slowest {lat['slowest_ms']:.3f} ms): "
         f"estimated {lat['estimated_ms']:.3f} ms, measured end to end in tract "
         f"{lat['measured_ms']:.3f} ms: "
