@@ -386,6 +386,37 @@ def test_format_factors_fill_what_each_uniform_configuration_measures():
         == {"float": 3.0, "q": 0.0}
 
 
+def _node(name, op="OptMatMul", fma=None, us=1.0):
+    node = {"node_name": name, "op_name": op, "secs_per_iter": us * 1e-6}
+    if fma is not None:
+        node["cost"] = {"FMA(F32)": str(fma)}
+    return node
+
+
+def test_block_times_inside_the_model_are_read_from_tracts_profile_by_what_they_compute():
+    """A block's matmul is found by its multiply-accumulates whatever tract named it (the
+    node it was fused into), a large one also as equal chunks (the first keeps the bare name),
+    with its packing node; a count computed by more nodes than blocks is left out."""
+    from t2n.analyse.latency import in_model_times
+    nodes = [_node("linear", fma=100, us=3.0), _node("linear.pack_b", op="OptMatMulPack"),
+             _node("add_6_1", fma=100, us=5.0),                       # fused into an add
+             _node("big", fma=250, us=2.0), _node("big_1", fma=250, us=2.0),
+             _node("big_2", fma=250, us=2.0), _node("big_3", fma=250, us=2.0),
+             _node("big.pack_b", op="OptMatMulPack", us=0.5),
+             _node("sdpa", fma=40, us=7.0), _node("attn_1", fma=40, us=7.0),
+             _node("softmax", op="Softmax", us=9.0)]
+    blocks = {"a": 100, "b": 100, "head": 1000, "k": 40}
+    times = in_model_times(nodes, blocks)
+    # a: 3 + its packing 1, b: 5 -> their mean; the head: four chunks and their packing
+    assert times == {"a": pytest.approx(4.5e-6), "b": pytest.approx(4.5e-6),
+                     "head": pytest.approx(8.5e-6)}
+    # look-alikes: two nodes compute what the one block "k" does (an attention product too):
+    # k is left out above; chunks that do not add up to a block are not one
+    assert in_model_times(nodes, {"k": 40, "x": 750}) == {}
+    assert in_model_times(nodes, {"k": 40, "k2": 40}) == {"k": pytest.approx(7e-6),
+                                                          "k2": pytest.approx(7e-6)}
+
+
 @pytest.mark.slow   # exports and times the whole decode step and each block in tract (about 75 s)
 def test_a_causal_lm_is_timed_at_export_llms_decode_step(tmp_path, monkeypatch):
     """End to end, a causal LM is one token after a cache of DECODE_PAST tokens: the bundle

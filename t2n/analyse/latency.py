@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies",
+__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies", "in_model_times",
            "model_seconds", "decode_step", "without_blocks", "format_scales", "DECODE_PAST",
            "LOADS"]
 
@@ -66,6 +66,70 @@ def profile_seconds(bundle: Path, inputs: list, loads: int = 1) -> float:
         per_load.append(statistics.median(times))
         del runnable, model
     return statistics.median(per_load)
+
+
+def node_fma(node: dict) -> int | None:
+    """The multiply-accumulates tract's profile counts for ``node`` (None when it has none)."""
+    for kind, count in (node.get("cost") or {}).items():
+        if kind.startswith("FMA"):
+            return int(count)
+    return None
+
+
+def in_model_times(nodes: list, fma_of_block: dict) -> dict:
+    """{block: seconds} inside a whole model from tract's profile of it (``nodes``: its
+    "nodes" entries), for the blocks whose matmul is found there (``fma_of_block``: {block:
+    its matmul's multiply-accumulates at the profiled shape}).
+
+    tract names an optimised node after a node of the bundle, often the one a matmul was
+    fused into, so a block's matmul is found by what it computes: a matmul node whose count is
+    the block's, or a node ``X`` and its ``X_1``.. ``X_k`` chunks of equal counts summing to
+    it (tract splits a large matmul); a ``<matmul>.pack_a``/``.pack_b`` node counts with its
+    matmul. Blocks of one count share the mean time of that count's matmuls, and only when
+    there are as many of them as blocks (else another node computes as much, an attention
+    product for one, and the count is left out)."""
+    matmuls = {n["node_name"]: n for n in nodes if n.get("op_name") == "OptMatMul"}
+    secs = {n["node_name"]: float(n.get("secs_per_iter") or 0.0) for n in nodes}
+    wanted = set(fma_of_block.values())
+    owner: dict = {}                 # node name -> (the count, the matmul it is part of)
+    for name, n in matmuls.items():
+        if node_fma(n) in wanted:
+            owner[name] = (node_fma(n), name)
+    chunks: dict = {}
+    for name, n in matmuls.items():
+        if name in owner:
+            continue
+        base, _, tail = name.rpartition("_")
+        if base and tail.isdigit():
+            chunks.setdefault((base, node_fma(n)), []).append(name)
+    for (base, fma), names in chunks.items():
+        first = matmuls.get(base)
+        if first is not None and base not in owner and node_fma(first) == fma:
+            names = names + [base]
+        if fma and fma * len(names) in wanted:
+            for name in names:
+                owner[name] = (fma * len(names), base)
+    parts: dict = {}                 # (count, matmul) -> seconds
+    for name, key in owner.items():
+        parts[key] = parts.get(key, 0.0) + secs[name]
+    for n in nodes:
+        base, dot, tail = n["node_name"].rpartition(".")
+        if dot and tail in ("pack_a", "pack_b") and base in owner:
+            key = owner[base]
+            parts[key] = parts.get(key, 0.0) + secs[n["node_name"]]
+    time_of: dict = {}               # count -> [seconds of each of its matmuls]
+    for (fma, _), seconds in parts.items():
+        time_of.setdefault(fma, []).append(seconds)
+    blocks_of: dict = {}
+    for block, fma in fma_of_block.items():
+        blocks_of.setdefault(fma, []).append(block)
+    out = {}
+    for fma, blocks in blocks_of.items():
+        found = time_of.get(fma, [])
+        if len(found) == len(blocks):
+            mean = sum(found) / len(found)
+            out.update({b: mean for b in blocks})
+    return out
 
 
 def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
