@@ -392,7 +392,7 @@ def latency_runs(analyser, n_val: int, repeats: int) -> dict:
     first = dict(runs[0])
     first["runs"] = [{key: r[key] for key in ("budget_ms", "estimated_ms", "measured_ms",
                                               "fastest_ms", "slowest_ms", "scales", "seconds",
-                                              "rest_ms", "uniform")}
+                                              "rest_ms", "uniform", "in_model")}
                      | {"tries": len(r["tries"]), "tried": r["tries"], "counts": r["counts"]}
                      for r in runs]
     return first
@@ -452,6 +452,8 @@ def latency_section(analyser, n_val: int) -> dict:
             "counts": lr.config.counts(), "real_loss": lr.real_loss,
             "tries": lr.config.summary.get("latency_tries", []),
             "rest_ms": fit["rest_s"] * 1e3, "scales": fit["scales"],
+            "fixed_ms": fit["fixed_s"] * 1e3, "in_model": fit["in_model"],
+            "choices": fit["choices"], "in_model_scales": fit["in_model_scales"],
             "uniform": [{"label": c["uniform"], "measured_ms": c["measured_s"] * 1e3}
                         for c in fit["configurations"]],
             "seconds": analyser.timings.get("latency_s")}
@@ -663,6 +665,13 @@ def render(r: dict) -> str:
             + ", ".join(f"{v:.2f}x" + f" ({c})" for c, v in lat["scales"].items())
             + (f" (block table, stand-ins and uniform configurations: {lat['seconds']:.0f} s)."
                if lat.get("seconds") else "."))
+    if "in_model" in lat:
+        add(f"Of the {lat['choices']} (block, choice) prices, {lat['in_model']} are the blocks' "
+            "times inside the uniform configurations, read from tract's per-node profiles of "
+            "them (the factors above price the others), scaled "
+            + ", ".join(f"{v:.2f}x ({c})" for c, v in lat["in_model_scales"].items())
+            + " so that each uniform configuration's estimate is its measurement; the float "
+            f"model beyond its blocks: {lat['fixed_ms']:.3f} ms.")
     add(f"Latency budget {lat['budget_ms']:.3f} ms (export-llm's decode step: one token after "
         f"{lat['past']} cached ones; by the estimate: fastest "
         f"configuration {lat['fastest_ms']:.3f} ms, slowest {lat['slowest_ms']:.3f} ms): "

@@ -202,6 +202,11 @@ def test_latency_budgets_are_met_by_the_configuration_measured_in_tract(mlp_resu
     assert all(v > 0 for v in fit["scales"].values())
     # the rest (every block a stand-in) is timed on the whole model's clock, below it
     assert fit["rest_s"] < whole
+    # tract's profiles show every block's matmul: each choice is priced by its time inside
+    # the model, and each uniform configuration's estimate is its measurement
+    assert fit["in_model"] == fit["choices"] == len(lat)
+    assert all(c["estimated_s"] == pytest.approx(c["measured_s"])
+               for c in fit["configurations"])
     problem = analyser.problem("latency", "value")
     slowest = problem.extreme(cheapest=False)
     fastest = problem.extreme(cheapest=True)
@@ -300,11 +305,13 @@ def test_the_latency_estimate_scales_each_storage_format_to_its_end_to_end_time(
         return rest + sum(factor[c] * alone[(u, c)] for u, c in choice.items())
     everything_float = {u.name: "float" for u in analyser.units}
     monkeypatch.setattr(latency, "block_latencies", lambda *a, **k: dict(alone))
-    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1: rest if any(
-        isinstance(m, latency.StandIn) for m in model.modules()) else truth(everything_float))
+    # an engine whose profiles name no node: every block counts its time alone x its factor
+    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1, nodes=None:
+                        rest if any(isinstance(m, latency.StandIn) for m in model.modules())
+                        else truth(everything_float))
     measured = []
-    monkeypatch.setattr(analyser, "_measured_latency",
-                        lambda choice, loads=None: measured.append(dict(choice)) or truth(choice))
+    monkeypatch.setattr(analyser, "_measured_latency", lambda choice, loads=None, nodes=None:
+                        measured.append(dict(choice)) or truth(choice))
     fit = analyser.latency_fit
     assert fit["rest_s"] == rest
     assert fit["scales"] == pytest.approx(factor)
@@ -326,7 +333,7 @@ def test_the_latency_estimate_scales_each_storage_format_to_its_end_to_end_time(
     assert r.config.summary["latency_ms"] == pytest.approx(r.latency_s * 1e3)
     # a budget that only the uniform Q4_0 configuration meets, the estimate being off: the
     # configurations tried measure over it, the one measured for the fit is taken
-    monkeypatch.setattr(analyser, "_measured_latency", lambda choice, loads=None: 1.0)
+    monkeypatch.setattr(analyser, "_measured_latency", lambda choice, **kw: 1.0)
     (r,) = analyser.run(constraint_values=[fastest * 1.05], constraint_type="latency",
                         num_real_loss_batches=2).values()
     assert set(r.config.choices.values()) == {"min_max_q4_0_all"}
@@ -334,6 +341,74 @@ def test_the_latency_estimate_scales_each_storage_format_to_its_end_to_end_time(
     tries = r.config.summary["latency_tries"]
     assert [t["measured_ms"] for t in tries[:-1]] == [1e3] * (len(tries) - 1)
     assert tries[-1]["measured_ms"] == pytest.approx(fastest * 1e3)
+
+
+def test_blocks_are_priced_by_their_time_inside_the_model_where_tracts_profile_shows_it(
+        monkeypatch):
+    """One factor per storage format cannot price a block whose weights do not fit the cache
+    alone (a large lm_head: its time alone is already its time in the model) beside blocks that
+    do. Where tract's profile of the uniform configurations shows a block's matmul, the block
+    counts the time it takes there, and a mixed configuration's estimate is its true time; the
+    factors alone would be off."""
+    from t2n.analyse import latency
+    analyser = Analyser(mlp(), Bag("min_max_q4_0_all"), calibration_data=inputs(),
+                        task="classification")
+    units = [u.name for u in analyser.units]
+    rest = 2e-3
+    alone = {(u, c): 1e-4 for u in units for c in ("float", "min_max_q4_0_all")}
+    inside = {(u, "float"): 3e-4 for u in units} | {(u, "min_max_q4_0_all"): 1.5e-4
+                                                    for u in units}
+    inside[(units[0], "float")] = 1e-4          # the one that runs from memory alone too
+    counts = {"0": 64 * 128, "2": 128 * 128, "4": 128 * 10}
+
+    quantize = 5e-5     # the Q4_0 format adds a node beside each of its matmuls
+
+    def truth(choice):
+        return rest + sum(inside[(u, c)] + (quantize if c != "float" else 0.0)
+                          for u, c in choice.items())
+
+    def profile(choice, nodes):
+        if nodes is not None:
+            nodes += [{"node_name": f"fused_{u}", "op_name": "OptMatMul",
+                       "cost": {"FMA(F32)": str(counts[u])}, "secs_per_iter": inside[(u, c)]}
+                      for u, c in choice.items()]
+            nodes += [{"node_name": f"cast_{u}", "op_name": "Cast", "secs_per_iter": quantize}
+                      for u, c in choice.items() if c != "float"]
+            nodes.append({"node_name": "relu", "op_name": "Relu", "secs_per_iter": rest})
+        return truth(choice)
+    everything_float = {u: "float" for u in units}
+
+    def block_table(units_, choices, inputs_, progress=None, dtype=None, per_block=None):
+        per_block.update({(u, c): t for (u, c), t in alone.items()})   # one block per unit
+        return dict(alone)
+    monkeypatch.setattr(latency, "block_latencies", block_table)
+    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1, nodes=None:
+                        rest if any(isinstance(m, latency.StandIn) for m in model.modules())
+                        else profile(everything_float, nodes))
+    monkeypatch.setattr(analyser, "_measured_latency",
+                        lambda choice, loads=None, nodes=None: profile(choice, nodes))
+    fit = analyser.latency_fit
+    assert fit["in_model"] == len(units) * 2 and fit["fixed_s"] == pytest.approx(rest)
+    # the added nodes are spread over the format's blocks: its uniform estimate is measured
+    assert fit["in_model_scales"]["min_max_q4_0_all"] == pytest.approx(2e-4 / 1.5e-4)
+    assert all(c["estimated_s"] == pytest.approx(c["measured_s"])
+               for c in fit["configurations"])
+    problem = analyser.problem("latency", "value")
+    mixed = {u: ("float" if u == units[0] else "min_max_q4_0_all") for u in units}
+    assert problem.total_cost(mixed) == pytest.approx(truth(mixed))
+    # what one factor per format says of it: the float block that streams alone is overpriced
+    factor = fit["scales"]
+    by_factors = rest + sum(factor[c] * alone[(u, c)] for u, c in mixed.items())
+    assert abs(by_factors - truth(mixed)) > 1e-5
+    # a profile that does not show the blocks leaves the factors in place
+    analyser._latency = None
+    monkeypatch.setattr(analyser, "_measured_latency",
+                        lambda choice, loads=None, nodes=None: truth(choice))
+    monkeypatch.setattr(analyser, "_end_to_end_seconds", lambda model, loads=1, nodes=None:
+                        rest if any(isinstance(m, latency.StandIn) for m in model.modules())
+                        else truth(everything_float))
+    assert analyser.latency_fit["in_model"] == 0
+    assert analyser.problem("latency", "value").total_cost(mixed) == pytest.approx(by_factors)
 
 
 def test_the_rest_of_the_model_is_timed_without_its_blocks():

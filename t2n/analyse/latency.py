@@ -7,16 +7,22 @@ of its own and run by tract, whose profiler gives the time of every node; the bl
 their sum, the median of several profiles. Blocks of the same kind, shape and storage format are
 timed once.
 
-Alone, a block runs with its weights warm in the cache; in the whole model they stream from
-memory at every step, and how much that costs depends on the storage format (at a decode step
-smaller weights are faster end to end even where their block alone is slower). So the blocks'
-times are scaled, one factor per storage format, to what they take in the model:
-- the rest of the model (attention over the cache, norms, ...) is measured end to end with
-  every block replaced by a stand-in without weights (zeros of the block's output shape);
-- the float model measured end to end, minus that rest, sets the float blocks' factor;
-- one uniform configuration per storage format, measured end to end, sets that format's.
-A configuration's estimate is the rest plus its blocks' scaled times: each uniform one matches
-its measurement; the analyser measures each chosen configuration end to end.
+Alone, a small block runs with its weights warm in the cache; in the whole model they stream
+from memory at every step, at a cost that depends on the storage format, while a block too
+large for the cache (an LM's head) takes alone what it takes in the model. So a block is priced
+by its time inside the model where tract's profile shows it:
+- the float model and one uniform configuration per storage format are measured end to end,
+  their per-node profiles kept; a block's matmul is found there by its multiply-accumulates
+  (in_model_times), whatever node tract fused it into;
+- the float model beyond its blocks is the fixed term, so the float configuration's estimate
+  is its measurement; a format whose uniform configuration measures more than its blocks'
+  matmuls (nodes it adds beside them) has them scaled to fill it;
+- a block the profile does not show (a gather, a convolution) counts its time alone times one
+  factor per storage format, fitted from the rest of the model measured end to end with every
+  block replaced by a stand-in without weights, the float model, and the uniform
+  configurations.
+A configuration's estimate is the fixed term plus its blocks' times; the analyser measures each
+chosen configuration end to end.
 
 For a causal LM "end to end" is export-llm's decode step: one new token after ``past`` tokens
 held in the key/value cache (the model wrapped as ``t2n.llm.wrapper.KVCacheLLM``, the past
@@ -35,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies", "in_model_times",
+__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies", "in_model_times", "matmul_counts",
            "model_seconds", "decode_step", "without_blocks", "format_scales", "DECODE_PAST",
            "LOADS"]
 
@@ -46,14 +52,18 @@ LOADS = 3              # fresh loads of a whole model's bundle timed end to end 
 DECODE_PAST = 128      # tokens in the key/value cache when a causal LM's decode step is timed
 
 
-def profile_seconds(bundle: Path, inputs: list, loads: int = 1) -> float:
+def profile_seconds(bundle: Path, inputs: list, loads: int = 1,
+                    nodes: list | None = None) -> float:
     """tract's own time for one run of ``bundle`` on ``inputs``: the sum of its nodes'
     seconds per iteration in tract's profile, the median of PROFILES profiles; with ``loads``
-    > 1 the bundle is loaded that many times and the median of their times is taken."""
+    > 1 the bundle is loaded that many times and the median of their times is taken. With
+    ``nodes`` (a list), the profile's nodes are put there, each with its median seconds over
+    every profile taken."""
     import numpy as np
     import tract
     feeds = [np.ascontiguousarray(x) for x in inputs]
     per_load = []
+    seen: dict = {}
     for _ in range(max(1, loads)):
         model = tract.nnef().with_tract_extra().with_tract_transformers().load(str(bundle))
         runnable = model.into_runnable()
@@ -63,8 +73,13 @@ def profile_seconds(bundle: Path, inputs: list, loads: int = 1) -> float:
             prof = json.loads(runnable.profile_json(feeds))
             times.append(sum(float(n.get("secs_per_iter") or 0.0)
                              for n in prof.get("nodes", [])))
+            for n in prof.get("nodes", []):
+                seen.setdefault(n.get("node_name"), (n, []))[1].append(
+                    float(n.get("secs_per_iter") or 0.0))
         per_load.append(statistics.median(times))
         del runnable, model
+    if nodes is not None:
+        nodes.extend(dict(n, secs_per_iter=statistics.median(t)) for n, t in seen.values())
     return statistics.median(per_load)
 
 
@@ -133,9 +148,11 @@ def in_model_times(nodes: list, fma_of_block: dict) -> dict:
 
 
 def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
-                keep: Path | None = None, loads: int = 1, dtype: str | None = None) -> float:
+                keep: Path | None = None, loads: int = 1, dtype: str | None = None,
+                nodes: list | None = None) -> float:
     """Export ``module`` called on ``args`` to a temporary bundle (its float weights and
-    inputs in ``dtype``, as ``t2n export --dtype`` makes them) and time it in tract."""
+    inputs in ``dtype``, as ``t2n export --dtype`` makes them) and time it in tract (``nodes``:
+    see profile_seconds)."""
     from t2n.pipeline import TORCH_DTYPES, export
     cast = TORCH_DTYPES.get(dtype)
 
@@ -146,7 +163,7 @@ def time_bundle(module: nn.Module, args: tuple, kwargs: dict | None = None,
         path = Path(keep) if keep is not None else Path(tmp) / "block"
         export(module, args, path, kwargs=kwargs, check_io=None, dtype=dtype)
         feeds = [feed(a) for a in list(args) + list((kwargs or {}).values())]
-        return profile_seconds(path, feeds, loads)
+        return profile_seconds(path, feeds, loads, nodes=nodes)
 
 
 class StandIn(nn.Module):
@@ -228,6 +245,20 @@ def deploy_inputs(model: nn.Module, units, sample, lm: bool) -> dict:
     return out
 
 
+def matmul_counts(model: nn.Module, units, inputs: dict) -> dict:
+    """{block: its matmul's multiply-accumulates at its deployed input} for the Linear blocks
+    (a weight of two dimensions and the input's last dimension its second)."""
+    out = {}
+    for unit in units:
+        for b in unit.blocks:
+            w = getattr(model.get_submodule(b), "weight", None)
+            x = inputs.get(b)
+            if isinstance(model.get_submodule(b), nn.Linear) and w is not None and w.dim() == 2 \
+                    and x is not None and x.dim() >= 1 and x.shape[-1] == w.shape[1]:
+                out[b] = x.numel() * int(w.shape[0])
+    return out
+
+
 def _signature(module: nn.Module, x: torch.Tensor) -> tuple:
     w = getattr(module, "weight", None)
     conv = tuple(getattr(module, k, None) for k in ("stride", "padding", "dilation", "groups"))
@@ -237,9 +268,10 @@ def _signature(module: nn.Module, x: torch.Tensor) -> tuple:
 
 
 def block_latencies(units, choices: dict, inputs: dict, progress=None,
-                    dtype: str | None = None) -> dict:
+                    dtype: str | None = None, per_block: dict | None = None) -> dict:
     """{(unit name, label): seconds} for "float" and every available choice (the sum of the
-    unit's blocks), timing each distinct block once, float weights in ``dtype``."""
+    unit's blocks), timing each distinct block once, float weights in ``dtype``; with
+    ``per_block`` (a dict), each block's own seconds are put there by (block, label)."""
     cache: dict = {}
 
     def timed(module, x):
@@ -259,21 +291,25 @@ def block_latencies(units, choices: dict, inputs: dict, progress=None,
         options.update({label: by_unit[unit.name] for label, by_unit in choices.items()
                         if unit.name in by_unit})
         for label, modules in options.items():
-            out[(unit.name, label)] = sum(timed(m, inputs[b])
-                                          for b, m in zip(unit.blocks, modules))
+            each = {b: timed(m, inputs[b]) for b, m in zip(unit.blocks, modules)}
+            out[(unit.name, label)] = sum(each.values())
+            if per_block is not None:
+                per_block.update({(b, label): t for b, t in each.items()})
             if progress is not None:
                 progress.update(1)
     return out
 
 
-def model_seconds(model: nn.Module, sample, loads: int = 1, dtype: str | None = None) -> float:
-    """The whole model's time in tract at ``sample`` (its example inputs)."""
+def model_seconds(model: nn.Module, sample, loads: int = 1, dtype: str | None = None,
+                  nodes: list | None = None) -> float:
+    """The whole model's time in tract at ``sample`` (its example inputs; ``nodes``: see
+    profile_seconds)."""
     args, kwargs = sample
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     work = copy.deepcopy(model).eval()
     if getattr(getattr(work, "config", None), "use_cache", False):
         work.config.use_cache = False    # a forward without a cache object to trace
-    return time_bundle(work, tuple(args), kwargs, loads=loads, dtype=dtype)
+    return time_bundle(work, tuple(args), kwargs, loads=loads, dtype=dtype, nodes=nodes)
 
 
 def decode_step(model: nn.Module, ids: torch.Tensor, past: int = DECODE_PAST) -> tuple:

@@ -373,21 +373,24 @@ class Analyser:
 
     def _measure_latencies(self) -> tuple:
         """({(unit, label): seconds}, the rest of the model, the whole float model, the fit):
-        a choice's seconds are its block's time alone times its storage format's factor (see
-        t2n.analyse.latency)."""
+        a choice's seconds are its blocks' times inside the uniform configuration of its
+        storage format, read from tract's profile of it; a block not found there counts its
+        time alone times its storage format's factor (see t2n.analyse.latency)."""
         from t2n.analyse.latency import (LOADS, block_latencies, deploy_inputs, format_scales,
-                                         without_blocks)
+                                         in_model_times, matmul_counts, without_blocks)
         t0 = time.perf_counter()
         inputs = deploy_inputs(self.model, self.units, self.deploy_sample(), self.lm)
         choices = self.choices()
         total = len(self.units) + sum(len(v) for v in choices.values())
         bar = _bar(total, "tract latencies", self.progress)
+        each: dict = {}
         alone = block_latencies(self.units, choices, inputs, progress=bar,
-                                dtype=self.float_dtype)
+                                dtype=self.float_dtype, per_block=each)
         _close(bar)
         rest = self._end_to_end_seconds(without_blocks(self.model, self.units, inputs),
                                         loads=LOADS)
-        whole = self._end_to_end_seconds(self.model, loads=LOADS)
+        profiles: dict = {FLOAT: []}
+        whole = self._end_to_end_seconds(self.model, loads=LOADS, nodes=profiles[FLOAT])
         measured = [(FLOAT, {u.name: FLOAT for u in self.units}, whole)]
         same_as: dict = {}        # label -> the label measured for its storage format
         formats: dict = {}
@@ -403,19 +406,63 @@ class Analyser:
             formats[times] = same_as[label] = label
             choice = {u.name: (label if (u.name, label) in alone else FLOAT)
                       for u in self.units}
-            measured.append((label, choice, self._measured_latency(choice, loads=LOADS)))
+            profiles[label] = []
+            measured.append((label, choice, self._measured_latency(
+                choice, loads=LOADS, nodes=profiles[label])))
         scales = format_scales(alone, rest, measured)
-        cost = {(u, c): scales[same_as.get(c, c)] * v for (u, c), v in alone.items()}
-        fit = {"rest_s": rest, "scales": {c: scales[same_as.get(c, c)]
-                                          for c in [FLOAT, *same_as]},
+        counts = matmul_counts(self.model, self.units, inputs)
+        owner = {b: u.name for u in self.units for b in u.blocks}
+        inside = {}        # (block, measured label) -> seconds inside that uniform configuration
+        for label, choice, _ in measured:
+            formats_of: dict = {}
+            for b, n in counts.items():
+                formats_of.setdefault(n, set()).add(choice[owner[b]])
+            # a count shared by blocks of two storage formats cannot tell them apart
+            seen = in_model_times(profiles[label], {b: n for b, n in counts.items()
+                                                    if len(formats_of[n]) == 1})
+            inside.update({(b, label): t for b, t in seen.items()
+                           if choice[owner[b]] == label})
+        # each choice: the part read from the profiles, the part its blocks alone x factor
+        found, other, read = {}, {}, 0
+        blocks_of = {u.name: u.blocks for u in self.units}
+        for (u, c), v in alone.items():
+            fmt = same_as.get(c, c)
+            if any((b, fmt) in inside for b in blocks_of[u]):
+                read += 1
+                found[(u, c)] = sum(inside[(b, fmt)] for b in blocks_of[u] if (b, fmt) in inside)
+                other[(u, c)] = sum(scales[fmt] * each[(b, c)] for b in blocks_of[u]
+                                    if (b, fmt) not in inside)
+            else:
+                found[(u, c)], other[(u, c)] = 0.0, scales[fmt] * v
+        # what the float model measures beyond its blocks: the estimate of the uniform float
+        # configuration is its own measurement
+        fixed = max(0.0, whole - sum(found.get((u.name, FLOAT), 0.0)
+                                     + other.get((u.name, FLOAT), 0.0) for u in self.units))
+        # a storage format may add nodes beside its blocks' matmuls (8-bit activations are
+        # quantized): the parts read for it are scaled so that its uniform configuration's
+        # estimate is its measurement too
+        corr = {FLOAT: 1.0}
+        for label, choice, seconds in measured[1:]:
+            mine = sum(found.get(k, 0.0) for k in choice.items() if k[1] == label)
+            rest_of = fixed + sum(other.get(k, 0.0) + (found.get(k, 0.0) if k[1] != label
+                                                       else 0.0) for k in choice.items())
+            corr[label] = max(0.0, seconds - rest_of) / mine if mine > 0 else 1.0
+        cost = {(u, c): found[(u, c)] * corr[same_as.get(c, c)] + other[(u, c)]
+                for (u, c) in alone}
+        fit = {"rest_s": rest, "fixed_s": fixed, "in_model": read, "choices": len(cost),
+               "scales": {c: scales[same_as.get(c, c)] for c in [FLOAT, *same_as]},
+               "in_model_scales": {c: corr[same_as.get(c, c)] for c in [FLOAT, *same_as]},
                "configurations": [
                    {"uniform": label, "choice": choice, "measured_s": seconds,
-                    "estimated_s": rest + sum(cost.get(k, 0.0) for k in choice.items())}
+                    "estimated_s": fixed + sum(cost.get(k, 0.0) for k in choice.items())}
                    for label, choice, seconds in measured]}
-        log.info("analyse: latency: rest of the model %.3f ms; factors %s", rest * 1e3,
+        log.info("analyse: latency: rest of the model %.3f ms (stand-ins), %.3f ms (the float "
+                 "profile beyond its blocks); %d of %d choices timed inside the model (x %s); "
+                 "the others alone x %s", rest * 1e3, fixed * 1e3, read, len(cost),
+                 ", ".join(f"{c} {v:.2f}" for c, v in fit["in_model_scales"].items()),
                  ", ".join(f"{c} {v:.2f}" for c, v in fit["scales"].items()))
         self.timings["latency_s"] = time.perf_counter() - t0
-        return cost, rest, whole, fit
+        return cost, fixed, whole, fit
 
     def measured_latency(self, choice: dict) -> float:
         """A configuration's time in tract end to end, at the deployed shape (seconds;
@@ -424,25 +471,28 @@ class Analyser:
             return broadcast(self._measured_latency(choice) if is_main() else None)
         return self._measured_latency(choice)
 
-    def _measured_latency(self, choice: dict, loads: int | None = None) -> float:
+    def _measured_latency(self, choice: dict, loads: int | None = None,
+                          nodes: list | None = None) -> float:
         import copy as _copy
 
         from t2n.analyse.latency import LOADS
         units_map = {u.name: list(u.blocks) for u in self.units}
         config = MixedConfig(units_map, choice, {m.label: m for m in self.bag})
         work = config.apply(_copy.deepcopy(self.model), cache=self.choices())
-        return self._end_to_end_seconds(work, loads=LOADS if loads is None else loads)
+        return self._end_to_end_seconds(work, loads=LOADS if loads is None else loads,
+                                        nodes=nodes)
 
-    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1) -> float:
+    def _end_to_end_seconds(self, model: nn.Module, loads: int = 1,
+                            nodes: list | None = None) -> float:
         """tract's time for ``model`` deployed: export-llm's decode step (one token after
         DECODE_PAST cached ones) for a causal LM, else a batch of one; the median of
         ``loads`` loads of its bundle, float weights in the analyser's float type."""
         from t2n.analyse.latency import decode_step, model_seconds, time_bundle
         if not self.lm:
             return model_seconds(model, self.deploy_sample(), loads=loads,
-                                 dtype=self.float_dtype)
+                                 dtype=self.float_dtype, nodes=nodes)
         step, inputs = decode_step(model, self._decode_ids())
-        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype)
+        return time_bundle(step, inputs, loads=loads, dtype=self.float_dtype, nodes=nodes)
 
     def _decode_ids(self) -> torch.Tensor:
         from t2n.analyse.latency import DECODE_PAST
