@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies", "in_model_times", "matmul_counts",
-           "model_seconds", "decode_step", "without_blocks", "format_scales", "DECODE_PAST",
-           "LOADS"]
+__all__ = ["deploy_inputs", "profile_seconds", "time_bundle", "block_latencies",
+           "in_model_times", "matmul_counts", "model_seconds", "decode_step", "without_blocks",
+           "format_scales", "DECODE_PAST", "LOADS"]
 
 log = logging.getLogger("t2n.analyse")
 
@@ -251,9 +251,9 @@ def matmul_counts(model: nn.Module, units, inputs: dict) -> dict:
     out = {}
     for unit in units:
         for b in unit.blocks:
-            w = getattr(model.get_submodule(b), "weight", None)
-            x = inputs.get(b)
-            if isinstance(model.get_submodule(b), nn.Linear) and w is not None and w.dim() == 2 \
+            module, x = model.get_submodule(b), inputs.get(b)
+            w = getattr(module, "weight", None)
+            if isinstance(module, nn.Linear) and w is not None and w.dim() == 2 \
                     and x is not None and x.dim() >= 1 and x.shape[-1] == w.shape[1]:
                 out[b] = x.numel() * int(w.shape[0])
     return out

@@ -360,8 +360,10 @@ class Analyser:
 
     @property
     def latency_fit(self) -> dict:
-        """How the latency estimate was fitted: the fixed term, the per-byte time, and the
-        configurations measured end to end for it with their estimated and measured seconds."""
+        """How the latency estimate was fitted: the rest of the model timed with stand-ins,
+        the fixed term, how many prices were read inside the model and their scales, the
+        factors of the blocks timed alone, and the configurations measured end to end for it
+        with their estimated and measured seconds."""
         self._latencies()
         return self._latency[3]
 
@@ -372,10 +374,11 @@ class Analyser:
         return self._latency[2]
 
     def _measure_latencies(self) -> tuple:
-        """({(unit, label): seconds}, the rest of the model, the whole float model, the fit):
-        a choice's seconds are its blocks' times inside the uniform configuration of its
-        storage format, read from tract's profile of it; a block not found there counts its
-        time alone times its storage format's factor (see t2n.analyse.latency)."""
+        """({(unit, label): seconds}, the fixed seconds (the float model beyond its blocks),
+        the whole float model, the fit): a choice's seconds are its blocks' times inside the
+        uniform configuration of its storage format, read from tract's profile of it; a block
+        not found there counts its time alone times its storage format's factor (see
+        t2n.analyse.latency)."""
         from t2n.analyse.latency import (LOADS, block_latencies, deploy_inputs, format_scales,
                                          in_model_times, matmul_counts, without_blocks)
         t0 = time.perf_counter()
