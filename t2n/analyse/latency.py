@@ -73,7 +73,7 @@ def profile_seconds(bundle: Path, inputs: list, loads: int = 1,
             prof = json.loads(runnable.profile_json(feeds))
             times.append(sum(float(n.get("secs_per_iter") or 0.0)
                              for n in prof.get("nodes", [])))
-            for n in prof.get("nodes", []):
+            for n in prof.get("nodes", []) if nodes is not None else ():
                 seen.setdefault(n.get("node_name"), (n, []))[1].append(
                     float(n.get("secs_per_iter") or 0.0))
         per_load.append(statistics.median(times))
