@@ -470,7 +470,8 @@ def _node(name, op="OptMatMul", fma=None, us=1.0):
 
 def test_block_times_inside_the_model_are_read_from_tracts_profile_by_what_they_compute():
     """A block's matmul is found by its multiply-accumulates whatever tract named it (the
-    node it was fused into), a large one also as equal chunks (the first keeps the bare name),
+    node it was fused into), a large one also as chunks (the first keeps the bare name, the
+    last may be smaller),
     with its packing node; a count computed by more nodes than blocks is left out."""
     from t2n.analyse.latency import in_model_times
     nodes = [_node("linear", fma=100, us=3.0), _node("linear.pack_b", op="OptMatMulPack"),
@@ -478,16 +479,23 @@ def test_block_times_inside_the_model_are_read_from_tracts_profile_by_what_they_
              _node("big", fma=250, us=2.0), _node("big_1", fma=250, us=2.0),
              _node("big_2", fma=250, us=2.0), _node("big_3", fma=250, us=2.0),
              _node("big.pack_b", op="OptMatMulPack", us=0.5),
+             # rows that do not divide evenly: the last chunk is smaller
+             _node("part", fma=300, us=1.0), _node("part_1", fma=300, us=1.0),
+             _node("part_2", fma=70, us=0.5),
+             # look-alikes: a last chunk larger than the others (390), a gap in the numbers (400)
+             _node("odd", fma=90, us=1.0), _node("odd_1", fma=300, us=1.0),
+             _node("gap", fma=200, us=1.0), _node("gap_2", fma=200, us=1.0),
              _node("sdpa", fma=40, us=7.0), _node("attn_1", fma=40, us=7.0),
              _node("softmax", op="Softmax", us=9.0)]
-    blocks = {"a": 100, "b": 100, "head": 1000, "k": 40}
+    blocks = {"a": 100, "b": 100, "head": 1000, "k": 40, "uneven": 670}
     times = in_model_times(nodes, blocks)
     # a: 3 + its packing 1, b: 5 -> their mean; the head: four chunks and their packing
     assert times == {"a": pytest.approx(4.5e-6), "b": pytest.approx(4.5e-6),
-                     "head": pytest.approx(8.5e-6)}
+                     "head": pytest.approx(8.5e-6), "uneven": pytest.approx(2.5e-6)}
     # look-alikes: two nodes compute what the one block "k" does (an attention product too):
-    # k is left out above; chunks that do not add up to a block are not one
-    assert in_model_times(nodes, {"k": 40, "x": 750}) == {}
+    # k is left out above; chunks that do not add up to a block are not one, nor are nodes
+    # whose last "chunk" is the larger or whose numbers skip one
+    assert in_model_times(nodes, {"k": 40, "x": 750, "y": 390, "z": 400}) == {}
     assert in_model_times(nodes, {"k": 40, "k2": 40}) == {"k": pytest.approx(7e-6),
                                                           "k2": pytest.approx(7e-6)}
 

@@ -98,9 +98,9 @@ def in_model_times(nodes: list, fma_of_block: dict) -> dict:
 
     tract names an optimised node after a node of the bundle, often the one a matmul was
     fused into, so a block's matmul is found by what it computes: a matmul node whose count is
-    the block's, or a node ``X`` and its ``X_1``.. ``X_k`` chunks of equal counts summing to
-    it (tract splits a large matmul); a ``<matmul>.pack_a``/``.pack_b`` node counts with its
-    matmul. Blocks of one count share the mean time of that count's matmuls, and only when
+    the block's, or a node ``X`` and its ``X_1``.. ``X_k`` chunks summing to it (tract splits a
+    large matmul into chunks of one count, the last one smaller when the rows do not divide
+    evenly); a ``<matmul>.pack_a``/``.pack_b`` node counts with its matmul. Blocks of one count share the mean time of that count's matmuls, and only when
     there are as many of them as blocks (else another node computes as much, an attention
     product for one, and the count is left out)."""
     matmuls = {n["node_name"]: n for n in nodes if n.get("op_name") == "OptMatMul"}
@@ -110,20 +110,24 @@ def in_model_times(nodes: list, fma_of_block: dict) -> dict:
     for name, n in matmuls.items():
         if node_fma(n) in wanted:
             owner[name] = (node_fma(n), name)
-    chunks: dict = {}
-    for name, n in matmuls.items():
-        if name in owner:
-            continue
+    chunks: dict = {}                # X -> {i: the name of its chunk i}, X itself as 0
+    for name in matmuls:
         base, _, tail = name.rpartition("_")
-        if base and tail.isdigit():
-            chunks.setdefault((base, node_fma(n)), []).append(name)
-    for (base, fma), names in chunks.items():
-        first = matmuls.get(base)
-        if first is not None and base not in owner and node_fma(first) == fma:
-            names = names + [base]
-        if fma and fma * len(names) in wanted:
-            for name in names:
-                owner[name] = (fma * len(names), base)
+        if base and tail.isdigit() and name not in owner:
+            chunks.setdefault(base, {})[int(tail)] = name
+    for base, by_index in chunks.items():
+        if base in matmuls and base not in owner:
+            by_index = {0: base, **by_index}
+        order = sorted(by_index)
+        names = [by_index[i] for i in order]
+        fmas = [node_fma(matmuls[name]) or 0 for name in names]
+        # chunks are numbered without a gap, all of one count but the last, which is smaller
+        if (order != list(range(order[0], order[0] + len(order))) or order[0] > 1
+                or len(set(fmas[:-1])) > 1 or not 0 < fmas[-1] <= fmas[0]
+                or sum(fmas) not in wanted or any(name in owner for name in names)):
+            continue
+        for name in names:
+            owner[name] = (sum(fmas), base)
     parts: dict = {}                 # (count, matmul) -> seconds
     for name, key in owner.items():
         parts[key] = parts.get(key, 0.0) + secs[name]
