@@ -471,8 +471,8 @@ def _node(name, op="OptMatMul", fma=None, us=1.0):
 def test_block_times_inside_the_model_are_read_from_tracts_profile_by_what_they_compute():
     """A block's matmul is found by its multiply-accumulates whatever tract named it (the
     node it was fused into), a large one also as chunks (the first keeps the bare name, the
-    last may be smaller),
-    with its packing node; a count computed by more nodes than blocks is left out."""
+    last may be smaller), with its packing node; a count computed by more nodes than blocks
+    is left out."""
     from t2n.analyse.latency import in_model_times
     nodes = [_node("linear", fma=100, us=3.0), _node("linear.pack_b", op="OptMatMulPack"),
              _node("add_6_1", fma=100, us=5.0),                       # fused into an add

@@ -100,9 +100,10 @@ def in_model_times(nodes: list, fma_of_block: dict) -> dict:
     fused into, so a block's matmul is found by what it computes: a matmul node whose count is
     the block's, or a node ``X`` and its ``X_1``.. ``X_k`` chunks summing to it (tract splits a
     large matmul into chunks of one count, the last one smaller when the rows do not divide
-    evenly); a ``<matmul>.pack_a``/``.pack_b`` node counts with its matmul. Blocks of one count share the mean time of that count's matmuls, and only when
-    there are as many of them as blocks (else another node computes as much, an attention
-    product for one, and the count is left out)."""
+    evenly); a ``<matmul>.pack_a``/``.pack_b`` node counts with its matmul. Blocks of one
+    count share the mean time of that count's matmuls, and only when there are as many of
+    them as blocks (else another node computes as much, an attention product for one, and the
+    count is left out)."""
     matmuls = {n["node_name"]: n for n in nodes if n.get("op_name") == "OptMatMul"}
     secs = {n["node_name"]: float(n.get("secs_per_iter") or 0.0) for n in nodes}
     wanted = set(fma_of_block.values())
